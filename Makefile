@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each creates .venv when missing.
+# torch==2.13.0 is installed first: on the CPU machines this project develops on, that takes the CPU build
+# that lies on disk; installing anything that depends on torch before it would fetch a multi-GB CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: run test bench lint clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m poise_verl.main
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.installed
+	$(PY) -m benchmarks.run_all
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check poise_verl tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,114 @@
+"""`algorithm.adv_estimator=poise` resolves through verl's own registry, in the driver and in Ray workers,
+and the registered estimator is POISE's cross-rollout construction."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import poise_verl  # noqa: F401  (the import under test)
+from poise_verl.core.cross_rollout import cross_rollout_advantages
+from verl.trainer.ppo.core_algos import compute_rloo_outcome_advantage, get_adv_estimator_fn
+
+
+def _loop_reference(rewards, predictions, uids):
+    out = []
+    for i in range(len(uids)):
+        siblings = [predictions[j] for j in range(len(uids)) if j != i and uids[j] == uids[i]]
+        out.append(rewards[i] - sum(siblings) / len(siblings))
+    return torch.tensor(out)
+
+
+def _random_batch(seed, num_groups=7, max_n=4, length=5):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(2, max_n + 1, size=num_groups)
+    uids = np.array([f"u{g}" for g, n in enumerate(sizes) for _ in range(n)], dtype=object)
+    perm = rng.permutation(len(uids))  # siblings anywhere in the batch
+    uids = uids[perm]
+    bs = len(uids)
+    rewards = torch.tensor(rng.integers(0, 2, size=bs), dtype=torch.float32)
+    lengths = rng.integers(1, length + 1, size=bs)
+    mask = torch.tensor(np.arange(length)[None, :] < lengths[:, None], dtype=torch.float32)
+    token_rewards = torch.zeros(bs, length)
+    token_rewards[torch.arange(bs), torch.tensor(lengths - 1)] = rewards  # outcome reward on the last token
+    predictions = torch.tensor(rng.uniform(0, 1, size=bs), dtype=torch.float32)
+    return uids, rewards, token_rewards, mask, predictions
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_registered_estimator_is_the_cross_rollout_construction(seed):
+    uids, rewards, token_rewards, mask, predictions = _random_batch(seed)
+    fn = get_adv_estimator_fn("poise")
+    advantages, returns = fn(
+        token_level_rewards=token_rewards, response_mask=mask, config=None, index=uids, reward_baselines=predictions
+    )
+    expected = _loop_reference(rewards.tolist(), predictions.tolist(), uids.tolist())
+    assert advantages.shape == token_rewards.shape
+    torch.testing.assert_close(advantages, expected.unsqueeze(-1) * mask, atol=1e-6, rtol=0)
+    torch.testing.assert_close(returns, advantages)
+    # The pure-torch core gives the same thing.
+    core = cross_rollout_advantages(rewards, predictions, uids, mask)
+    torch.testing.assert_close(advantages, core, atol=1e-6, rtol=0)
+
+
+def test_rewards_as_baselines_is_verls_rloo():
+    uids, rewards, token_rewards, mask, _ = _random_batch(11)
+    fn = get_adv_estimator_fn("poise")
+    advantages, _ = fn(token_level_rewards=token_rewards, response_mask=mask, index=uids, reward_baselines=rewards)
+    rloo, _ = compute_rloo_outcome_advantage(token_level_rewards=token_rewards, response_mask=mask, index=uids)
+    torch.testing.assert_close(advantages, rloo, atol=1e-6, rtol=0)
+
+
+def test_lonely_rollout_is_an_error_naming_its_uid():
+    fn = get_adv_estimator_fn("poise")
+    uids = np.array(["a", "b", "a"], dtype=object)
+    with pytest.raises(ValueError, match="uid='b'"):
+        fn(token_level_rewards=torch.ones(3, 2), response_mask=torch.ones(3, 2), index=uids,
+           reward_baselines=torch.zeros(3))
+
+
+def test_missing_or_nan_baselines_are_errors():
+    fn = get_adv_estimator_fn("poise")
+    uids = np.array(["a", "a"], dtype=object)
+    with pytest.raises(ValueError, match="reward_baselines"):
+        fn(token_level_rewards=torch.ones(2, 2), response_mask=torch.ones(2, 2), index=uids)
+    with pytest.raises(ValueError, match="uid='a'"):
+        fn(token_level_rewards=torch.ones(2, 2), response_mask=torch.ones(2, 2), index=uids,
+           reward_baselines=torch.tensor([0.5, float("nan")]))
+
+
+def test_plain_import_verl_registers_poise_through_the_entry_point():
+    """A process that only imports verl (as Ray workers do) finds `poise` via the verl.plugins entry point."""
+    code = (
+        "import verl\n"
+        "from verl.trainer.ppo.core_algos import get_adv_estimator_fn\n"
+        "print(get_adv_estimator_fn('poise').__module__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VERL_USE_EXTERNAL_MODULES"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "poise_verl.verl_ext.adv_estimator" in out.stdout
+
+
+def test_estimator_resolves_inside_a_ray_worker():
+    import tempfile
+
+    import ray
+
+    # A short temp dir: Ray's socket paths must stay under the 107-character Unix limit.
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    try:
+
+        @ray.remote
+        def lookup():
+            import verl  # noqa: F401
+            from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+
+            return get_adv_estimator_fn("poise").__name__
+
+        assert ray.get(lookup.remote(), timeout=120) == "compute_poise_outcome_advantage"
+    finally:
+        ray.shutdown()
