@@ -1,0 +1,80 @@
+"""POISE's algorithm in pure torch: features, probe, replay buffer, cross-rollout advantages.
+
+How POISE differs from GRPO/DAPO: instead of normalising rewards within a large group of rollouts
+(DAPO: n = 16 plus dynamic sampling), POISE samples n = 2 rollouts per prompt and takes each rollout's
+baseline from a small value probe g evaluated on its sibling's internal state:
+b_i = mean_{j != i} g(phi_j), A_i = R_i - b_i, with no std normalisation. g reads phi from the actor's own
+old-log-prob forward pass (``pooling``, ``entropy``), is refit each step on a replay buffer of
+(phi_j, mean sibling reward) rows (``buffer``, ``probe``, ``cross_rollout.sibling_targets``), and is refit
+only AFTER the advantages are fixed, which keeps the policy gradient unbiased (``montecarlo``).
+
+Nothing here imports Ray, Hydra or verl; inputs are tensors, masks and group ids.
+"""
+
+from poise_verl.core.buffer import DEFAULT_CAPACITY_BY_DOMAIN, ProbeDataset, ProbeReplayBuffer
+from poise_verl.core.cross_rollout import (
+    check_groups,
+    cross_baselines,
+    cross_rollout_advantages,
+    group_inverse,
+    leave_one_out_mean,
+    sibling_targets,
+)
+from poise_verl.core.diagnostics import baseline_diagnostics
+from poise_verl.core.entropy import (
+    DEFAULT_ENTROPY_FEATURES,
+    ENTROPY_FEATURE_NAMES,
+    entropy_feature_matrix,
+    entropy_statistics,
+)
+from poise_verl.core.pooling import (
+    DEFAULT_POOL_TOKENS,
+    PooledFeatures,
+    PooledPositions,
+    pool_at_positions,
+    pool_packed,
+    pool_padded,
+    pooled_positions_packed,
+    pooled_positions_padded,
+)
+from poise_verl.core.probe import (
+    PROBE_REGISTRY,
+    LogisticProbe,
+    MLPProbe,
+    PCARidgeProbe,
+    ValueProbe,
+    build_probe,
+    ridge_fit,
+)
+
+__all__ = [
+    "DEFAULT_CAPACITY_BY_DOMAIN",
+    "DEFAULT_ENTROPY_FEATURES",
+    "DEFAULT_POOL_TOKENS",
+    "ENTROPY_FEATURE_NAMES",
+    "PROBE_REGISTRY",
+    "LogisticProbe",
+    "MLPProbe",
+    "PCARidgeProbe",
+    "PooledFeatures",
+    "PooledPositions",
+    "ProbeDataset",
+    "ProbeReplayBuffer",
+    "ValueProbe",
+    "baseline_diagnostics",
+    "build_probe",
+    "check_groups",
+    "cross_baselines",
+    "cross_rollout_advantages",
+    "entropy_feature_matrix",
+    "entropy_statistics",
+    "group_inverse",
+    "leave_one_out_mean",
+    "pool_at_positions",
+    "pool_packed",
+    "pool_padded",
+    "pooled_positions_packed",
+    "pooled_positions_padded",
+    "ridge_fit",
+    "sibling_targets",
+]

@@ -1,0 +1,165 @@
+"""Cross-rollout baselines: POISE's unbiased advantage from a learned value probe.
+
+How it differs from GRPO/DAPO: GRPO/DAPO compute A_i = (R_i - mean_g R) / std_g R over a large group
+(DAPO: n = 16, plus dynamic sampling to drop groups whose rewards all agree). POISE samples only n = 2
+rollouts per prompt and takes the baseline from a value probe g evaluated on the SIBLING rollouts'
+features:
+
+    b_i = mean_{j != i, j in group(i)} g(phi_j),        A_i = R_i - b_i     (no std normalisation).
+
+Why the sibling and not the rollout itself: given the prompt, phi_j is independent of rollout i's sampled
+tokens, so E[b_i grad log pi(y_i | x)] = E[b_i] E[grad log pi(y_i | x)] = 0 and the policy gradient stays
+unbiased whatever g is. g(phi_i) itself depends on y_i, so using it as i's own baseline biases the
+gradient (``poise_verl.core.montecarlo`` measures both). The same argument requires g to be independent of
+R_i: advantages are fixed BEFORE the probe is refit on this batch.
+
+The probe's training target for row j is likewise the leave-one-out mean of the siblings' rewards,
+``sibling_targets``: with n = 2 it is the other rollout's reward, an unbiased estimate of V(x) that does not
+contain R_j. (verl's ``compute_rloo_vectorized_outcome_advantage`` computes R_i - mean_{j != i} R_j, the
+same leave-one-out mean, with the rewards themselves as the baseline.)
+
+Group ids may be a numpy array of uids (verl's ``non_tensor_batch["uid"]``) or an integer tensor;
+siblings may sit anywhere in the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "check_groups",
+    "cross_baselines",
+    "cross_rollout_advantages",
+    "group_inverse",
+    "leave_one_out_mean",
+    "sibling_targets",
+]
+
+
+def group_inverse(group_index: Any) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
+    """Map group ids to dense group numbers.
+
+    Args:
+        group_index: ``(B,)`` numpy array (any hashable/sortable uids) or integer tensor.
+
+    Returns:
+        ``(inverse (B,) int64, counts (G,) int64, uniques)``: row i belongs to group ``inverse[i]``,
+        which has ``counts[inverse[i]]`` rows and id ``uniques[inverse[i]]``.
+    """
+    if isinstance(group_index, torch.Tensor):
+        uniques, inverse, counts = torch.unique(
+            group_index.reshape(-1), return_inverse=True, return_counts=True
+        )
+        return inverse.to(torch.int64), counts.to(torch.int64), uniques.tolist()
+    array = np.asarray(group_index).reshape(-1)
+    if array.dtype == object:  # verl stores uids as python strings in an object array
+        array = array.astype(str)
+    uniques, inverse, counts = np.unique(array, return_inverse=True, return_counts=True)
+    return (
+        torch.from_numpy(inverse.reshape(-1).astype(np.int64)),
+        torch.from_numpy(counts.astype(np.int64)),
+        uniques.tolist(),
+    )
+
+
+def check_groups(group_index: Any, n: int | None = None) -> None:
+    """Raise ``ValueError`` naming the first group with fewer than 2 rows (or not exactly ``n`` rows).
+
+    Args:
+        group_index: ``(B,)`` uids (numpy) or int tensor.
+        n: the expected group size (``rollout.n``), or None to accept any size >= 2.
+    """
+    _, counts, uniques = group_inverse(group_index)
+    _check_counts(counts, uniques, n)
+
+
+def _check_counts(counts: torch.Tensor, uniques: list[Any], n: int | None) -> None:
+    for uid, count in zip(uniques, counts.tolist(), strict=True):
+        if count < 2:
+            raise ValueError(
+                f"group {uid!r} has {count} rollout(s); cross-rollout baselines need at least 2 per prompt"
+            )
+        if n is not None and count != n:
+            raise ValueError(f"group {uid!r} has {count} rollouts, expected n = {n}")
+
+
+def leave_one_out_mean(values: torch.Tensor, group_index: Any) -> torch.Tensor:
+    """``out_i = mean_{j != i, j in group(i)} values_j``, vectorised over the batch.
+
+    Computed as ``(S_g - v_i) / (n_g - 1)`` with the group sum ``S_g`` accumulated in float64.
+
+    Args:
+        values: ``(B,)``.
+        group_index: ``(B,)`` uids or int tensor; every group must have >= 2 rows.
+
+    Returns:
+        ``(B,)`` in the dtype of ``values``.
+    """
+    values = values.reshape(-1)
+    inverse, counts, uniques = group_inverse(group_index)
+    if inverse.shape[0] != values.shape[0]:
+        raise ValueError(f"group_index has {inverse.shape[0]} entries, values have {values.shape[0]}")
+    _check_counts(counts, uniques, None)
+    inverse, counts = inverse.to(values.device), counts.to(values.device)
+    wide = values.to(torch.float64)
+    group_sum = torch.zeros(counts.shape[0], dtype=torch.float64, device=values.device)
+    group_sum.index_add_(0, inverse, wide)  # S_g = sum over the group
+    others = (group_sum[inverse] - wide) / (counts[inverse] - 1).to(torch.float64)
+    return others.to(values.dtype if values.is_floating_point() else torch.float32)
+
+
+def sibling_targets(rewards: torch.Tensor, group_index: Any) -> torch.Tensor:
+    """Probe training target of each rollout: the mean reward of its siblings.
+
+    target_j = mean_{i != j, i in group(j)} R_i; the probe learns g(phi_j) ~ E[R | x] from rows that do
+    not contain R_j. With n = 2 this is simply the other rollout's reward.
+
+    Args:
+        rewards: ``(B,)`` sequence-level rewards R_i.
+        group_index: ``(B,)`` uids or int tensor.
+
+    Returns:
+        ``(B,)`` targets.
+    """
+    return leave_one_out_mean(rewards, group_index)
+
+
+def cross_baselines(predictions: torch.Tensor, group_index: Any) -> torch.Tensor:
+    """Cross-rollout baseline b_i = mean_{j != i} g(phi_j) over i's siblings.
+
+    Args:
+        predictions: ``(B,)`` probe predictions g(phi_j) of every rollout (from a probe fitted on earlier
+            batches only).
+        group_index: ``(B,)`` uids or int tensor.
+
+    Returns:
+        ``(B,)`` baselines.
+    """
+    return leave_one_out_mean(predictions, group_index)
+
+
+def cross_rollout_advantages(
+    rewards: torch.Tensor, predictions: torch.Tensor, group_index: Any, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """POISE advantages A_i = R_i - b_i, b_i = mean_{j != i} g(phi_j), on every response token.
+
+    No std normalisation (unlike GRPO/DAPO): the baseline already carries the prompt's value scale.
+
+    Args:
+        rewards: ``(B,)`` sequence-level rewards R_i.
+        predictions: ``(B,)`` g(phi_i) of every rollout.
+        group_index: ``(B,)`` uids or int tensor.
+        response_mask: ``(B, T)``, 1 on response tokens.
+
+    Returns:
+        ``(B, T)`` float32, A_i broadcast over i's response tokens and 0 elsewhere.
+    """
+    batch = rewards.reshape(-1).shape[0]
+    if response_mask.dim() != 2 or response_mask.shape[0] != batch:
+        raise ValueError(f"response_mask {tuple(response_mask.shape)} must be (B, T) with B = {batch}")
+    baselines = cross_baselines(predictions.to(torch.float32), group_index)  # b_i
+    advantages = rewards.reshape(-1).to(torch.float32) - baselines.to(rewards.device)  # A_i = R_i - b_i
+    return advantages.unsqueeze(1) * response_mask.to(torch.float32)

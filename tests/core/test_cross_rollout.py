@@ -1,0 +1,93 @@
+"""Sibling targets, cross baselines and advantages against plain loops; group validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from poise_verl.core.cross_rollout import (
+    check_groups,
+    cross_baselines,
+    cross_rollout_advantages,
+    sibling_targets,
+)
+
+
+def random_groups(seed):
+    """Groups of size 2..5 at shuffled positions; uids as a numpy object array (like verl) and ints."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(2, 6, size=rng.integers(1, 8))
+    owner = np.concatenate([np.full(size, g) for g, size in enumerate(sizes)])
+    rng.shuffle(owner)
+    uids = np.array([f"uid-{g}-{seed}" for g in owner], dtype=object)
+    return owner, uids
+
+
+def loop_leave_one_out(values, owner):
+    out = []
+    for i in range(len(owner)):
+        siblings = [float(values[j]) for j in range(len(owner)) if j != i and owner[j] == owner[i]]
+        out.append(sum(siblings) / len(siblings))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_sibling_targets_and_baselines_match_loop(seed):
+    owner, uids = random_groups(seed)
+    generator = torch.Generator().manual_seed(seed)
+    rewards = torch.randint(0, 2, (len(owner),), generator=generator).float()
+    predictions = torch.rand(len(owner), generator=generator)
+    for group_index in (uids, torch.from_numpy(owner), owner):
+        torch.testing.assert_close(
+            sibling_targets(rewards, group_index).double(), loop_leave_one_out(rewards, owner)
+        )
+        torch.testing.assert_close(
+            cross_baselines(predictions, group_index).double(),
+            loop_leave_one_out(predictions, owner),
+        )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_advantages_match_loop_and_rloo(seed):
+    owner, uids = random_groups(seed)
+    generator = torch.Generator().manual_seed(50 + seed)
+    batch = len(owner)
+    rewards = torch.rand(batch, generator=generator)
+    predictions = torch.rand(batch, generator=generator)
+    mask = (torch.rand(batch, 9, generator=generator) > 0.3).long()
+    advantages = cross_rollout_advantages(rewards, predictions, uids, mask)
+    assert advantages.shape == (batch, 9) and advantages.dtype == torch.float32
+    baselines = loop_leave_one_out(predictions, owner)
+    for i in range(batch):
+        for t in range(9):
+            expected = (float(rewards[i]) - float(baselines[i])) * int(mask[i, t])  # A_i = R_i - b_i
+            assert float(advantages[i, t]) == pytest.approx(expected, abs=1e-6)
+    # With the rewards as "predictions", this is RLOO: (n R_i - sum_g R) / (n - 1).
+    rloo = cross_rollout_advantages(rewards, rewards, uids, torch.ones(batch, 1))[:, 0]
+    sizes = torch.tensor([int((owner == owner[i]).sum()) for i in range(batch)]).float()
+    sums = torch.tensor([float(rewards[torch.from_numpy(owner == owner[i])].sum()) for i in range(batch)])
+    torch.testing.assert_close(rloo, (sizes * rewards - sums) / (sizes - 1))
+
+
+def test_pairs_swap():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    uids = np.array(["a", "b", "a", "b"], dtype=object)
+    assert sibling_targets(rewards, uids).tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_check_groups_names_the_bad_group():
+    check_groups(np.array(["a", "a", "b", "b"], dtype=object), n=2)
+    with pytest.raises(ValueError, match=r"'lonely' has 1 rollout"):
+        check_groups(np.array(["a", "lonely", "a"], dtype=object))
+    with pytest.raises(ValueError, match=r"'b' has 3 rollouts, expected n = 2"):
+        check_groups(np.array(["a", "b", "a", "b", "b"], dtype=object), n=2)
+    with pytest.raises(ValueError, match="group 4 has 1"):
+        sibling_targets(torch.ones(3), torch.tensor([1, 1, 4]))
+
+
+def test_mismatched_lengths_raise():
+    with pytest.raises(ValueError, match="entries"):
+        cross_baselines(torch.ones(3), torch.tensor([0, 0, 1, 1]))
+    with pytest.raises(ValueError, match="response_mask"):
+        cross_rollout_advantages(torch.ones(2), torch.ones(2), torch.tensor([0, 0]), torch.ones(3, 4))

@@ -1,0 +1,127 @@
+"""Entropy statistics against a per-row loop, including missing end-of-thinking tokens and empty rows."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from poise_verl.core.entropy import (
+    DEFAULT_ENTROPY_FEATURES,
+    ENTROPY_FEATURE_NAMES,
+    entropy_feature_matrix,
+    entropy_statistics,
+)
+
+THINK_END = 7
+
+
+def mean_or_zero(values):
+    return sum(values) / len(values) if values else 0.0
+
+
+def loop_statistics(entropies, mask, ids, think_end):
+    """Reference: walk each row's real tokens in order."""
+    out = {name: [] for name in ENTROPY_FEATURE_NAMES}
+    for b in range(entropies.shape[0]):
+        tokens = [t for t in range(entropies.shape[1]) if mask[b, t]]
+        values = [float(entropies[b, t]) for t in tokens]
+        if think_end is None:
+            split = 0  # no thinking section: all answer
+        else:
+            ends = [n for n, t in enumerate(tokens) if int(ids[b, t]) == think_end]
+            split = ends[0] + 1 if ends else len(tokens)  # no end-of-thinking token: all reasoning
+        out["entropy_mean"].append(mean_or_zero(values))
+        out["entropy_reasoning_mean"].append(mean_or_zero(values[:split]))
+        out["entropy_answer_mean"].append(mean_or_zero(values[split:]))
+        out["entropy_last"].append(values[-1] if values else 0.0)
+        out["entropy_max"].append(max(values) if values else 0.0)
+        out["entropy_min"].append(min(values) if values else 0.0)
+    return {name: torch.tensor(values, dtype=torch.float32) for name, values in out.items()}
+
+
+def random_batch(seed, contiguous):
+    generator = torch.Generator().manual_seed(seed)
+    batch, width = (
+        int(torch.randint(1, 8, (1,), generator=generator)),
+        int(torch.randint(1, 16, (1,), generator=generator)),
+    )
+    entropies = torch.rand(batch, width, generator=generator) * 3
+    if contiguous:
+        lengths = torch.randint(0, width + 1, (batch,), generator=generator)
+        mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).long()
+    else:
+        mask = (torch.rand(batch, width, generator=generator) > 0.3).long()
+    # Few distinct ids so the end-of-thinking token appears 0, 1 or several times; some only in padding.
+    ids = torch.randint(0, 10, (batch, width), generator=generator)
+    return entropies, mask, ids
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize("think_end", [THINK_END, None])
+def test_matches_loop(seed, contiguous, think_end):
+    entropies, mask, ids = random_batch(seed, contiguous)
+    got = entropy_statistics(entropies, mask, ids, think_end)
+    expected = loop_statistics(entropies, mask, ids, think_end)
+    assert set(got) == set(ENTROPY_FEATURE_NAMES)
+    for name in ENTROPY_FEATURE_NAMES:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+def test_documented_cases():
+    entropies = torch.tensor(
+        [
+            [1.0, 2.0, 3.0, 4.0, 9.0],  # end-of-thinking at index 1: reasoning [1, 2], answer [3, 4]
+            [1.0, 2.0, 3.0, 5.0, 9.0],  # no end-of-thinking: all reasoning, answer empty -> 0
+            [1.0, 2.0, 3.0, 4.0, 9.0],  # end-of-thinking is the last token: answer empty -> 0
+            [5.0, 5.0, 5.0, 5.0, 5.0],  # empty response: everything 0
+        ]
+    )
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+    ids = torch.tensor(
+        [[0, THINK_END, 0, 0, THINK_END], [0, 0, 0, 0, THINK_END], [0, 0, THINK_END, 0, 0], [0] * 5]
+    )
+    stats = entropy_statistics(entropies, mask, ids, THINK_END)
+    assert stats["entropy_mean"].tolist() == [2.5, 2.75, 2.0, 0.0]
+    assert stats["entropy_reasoning_mean"].tolist() == [1.5, 2.75, 2.0, 0.0]
+    assert stats["entropy_answer_mean"].tolist() == [3.5, 0.0, 0.0, 0.0]
+    assert stats["entropy_last"].tolist() == [4.0, 5.0, 3.0, 0.0]
+    assert stats["entropy_max"].tolist() == [4.0, 5.0, 3.0, 0.0]
+    assert stats["entropy_min"].tolist() == [1.0, 1.0, 1.0, 0.0]
+    # Without an end-of-thinking id, the whole response is the answer.
+    plain = entropy_statistics(entropies, mask)
+    assert plain["entropy_answer_mean"].tolist() == [2.5, 2.75, 2.0, 0.0]
+    assert plain["entropy_reasoning_mean"].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_padding_values_never_leak():
+    entropies = torch.tensor([[1.0, float("nan"), float("inf")], [float("nan")] * 3])
+    mask = torch.tensor([[1, 0, 0], [0, 0, 0]])
+    stats = entropy_statistics(entropies, mask, torch.zeros(2, 3, dtype=torch.long), THINK_END)
+    for name, values in stats.items():
+        assert torch.isfinite(values).all(), name
+    assert stats["entropy_mean"].tolist() == [1.0, 0.0]
+
+
+def test_bf16_input_gives_float32():
+    stats = entropy_statistics(torch.ones(2, 4, dtype=torch.bfloat16), torch.ones(2, 4))
+    assert all(values.dtype == torch.float32 for values in stats.values())
+
+
+def test_feature_matrix_order_and_validation():
+    entropies, mask, ids = random_batch(3, True)
+    stats = entropy_statistics(entropies, mask, ids, THINK_END)
+    matrix = entropy_feature_matrix(stats)
+    assert matrix.shape == (entropies.shape[0], 3)
+    for column, name in enumerate(DEFAULT_ENTROPY_FEATURES):
+        assert torch.equal(matrix[:, column], stats[name])
+    custom = entropy_feature_matrix(stats, ["entropy_max", "entropy_mean"])
+    assert torch.equal(custom, torch.stack([stats["entropy_max"], stats["entropy_mean"]], 1))
+    assert entropy_feature_matrix(stats, []).shape == (entropies.shape[0], 0)
+    with pytest.raises(ValueError, match="entropy_answer_mean"):  # the message lists the valid names
+        entropy_feature_matrix(stats, ["entropy_mean", "answer_entropy"])
+
+
+def test_missing_ids_raise():
+    with pytest.raises(ValueError, match="response_ids"):
+        entropy_statistics(torch.ones(1, 2), torch.ones(1, 2), None, THINK_END)
