@@ -49,13 +49,23 @@ def _to_list(field) -> list:
     return list(field.tolist()) if hasattr(field, "tolist") else list(field)
 
 
-class _SyncTrainer(PPOTrainerSync):
+@register_trainer("poise_sync")
+class SyncTrainer(PPOTrainerSync):
     """``PPOTrainerSync`` under another registered name, with verl's sync semantics kept.
 
     verl 0.9.1 keys its synchronous behaviour on the mode's *name* (``trainer_mode == "sync"``): the
     synchronous replay buffer, exact DAPO refills, no TransferQueue state in checkpoints. A subclass
     registered as ``poise`` would silently get the asynchronous variants, so it reports ``sync`` here.
+    Also applies ``runtime.poll_interval_s``: how often verl's replay buffer looks for finished rollouts
+    (its constructor default is 2 s, which puts a 2 s floor under every generation phase).
     """
+
+    def _build_replay_buffer(self):
+        buffer = super()._build_replay_buffer()
+        poll_interval = self.config.get("runtime", {}).get("poll_interval_s", None)
+        if poll_interval is not None:
+            buffer.poll_interval = float(poll_interval)
+        return buffer
 
     @property
     def trainer_mode(self) -> str:
@@ -67,7 +77,7 @@ class _SyncTrainer(PPOTrainerSync):
 
 
 @register_trainer("poise")
-class PoiseTrainer(_SyncTrainer):
+class PoiseTrainer(SyncTrainer):
     """verl's sync trainer with POISE's feature capture, probe baselines and probe state in checkpoints."""
 
     def __init__(self, config):
@@ -270,7 +280,7 @@ class PoiseTrainer(_SyncTrainer):
 
 
 @register_trainer("dapo")
-class DapoTrainer(_SyncTrainer):
+class DapoTrainer(SyncTrainer):
     """verl's sync trainer for DAPO, plus a bound on dynamic sampling.
 
     verl 0.9.1's v1 replay buffer ignores ``algorithm.filter_groups.max_num_gen_batches`` and keeps refilling

@@ -1,0 +1,505 @@
+"""A rollout server backed by transformers ``generate``, registered in verl as rollout ``hf``.
+
+verl 0.9.1's trainer generates only through rollout *servers* (vLLM, SGLang, TensorRT-LLM), none of which
+runs on a CPU-only torch build here. This module supplies the three pieces a server backend has in verl,
+each registered through verl's own registries (no verl code is copied):
+
+- :class:`HFRolloutServer`, a Ray actor holding a ``transformers`` causal LM. ``generate`` is
+  token-in/token-out like vLLM's: it returns the response token ids and, when the request asks for
+  ``logprobs``, the log-probability of each sampled token. Concurrent requests are collected for a few
+  milliseconds and answered by one left-padded ``model.generate`` call (requests with different sampling
+  settings go in separate calls).
+- :class:`HFReplica`, the :class:`~verl.workers.rollout.replica.RolloutReplica` that launches one server per
+  replica (``RolloutReplicaRegistry`` name ``hf``).
+- :class:`HFServerAdapter`, the :class:`~verl.workers.rollout.base.BaseRollout` living in each actor worker
+  (``get_rollout_class("hf", "async")``). verl's sync trainer calls ``update_weights`` on it after every
+  step with the actor's full (un-sharded) tensors; the adapter ships them to its server in buckets over
+  Ray's object store, and the server copies them into its model.
+
+Log-probs are those of the temperature-scaled distribution, ``log softmax(logits / T)`` (raw logits when
+greedy), which is what verl's actor computes for ``old_log_prob``; top-k/top-p truncation only decides which
+token is drawn. A response ends at the first EOS token (inclusive) or at ``max_tokens``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import ray
+import torch
+from omegaconf import DictConfig
+from transformers import AutoModelForCausalLM, LogitsProcessor, StoppingCriteria
+from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.fs import copy_to_local
+from verl.workers.config import HFModelConfig, RolloutConfig
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
+from verl.workers.rollout.utils import ensure_async_iterator
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+ROLLOUT_NAME = "hf"
+
+# How long the server waits after the first request of a batch for more to arrive. The agent loop submits
+# all prompts of a step at once, so a few milliseconds collect them all.
+DEFAULT_BATCH_WAIT_S = 0.005
+
+
+def server_actor_name(replica_rank: int, node_rank: int = 0, role: str = "", name_suffix: str = "") -> str:
+    """Ray actor name of a replica's server, shared by :class:`HFReplica` and :class:`HFServerAdapter`."""
+    role_part = f"{role}_" if role else ""
+    return f"{ROLLOUT_NAME}_server_{role_part}{replica_rank}_{node_rank}{name_suffix}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """The part of a request's sampling parameters that must be equal for requests to share one generate."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    stop_token_ids: tuple[int, ...]
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclasses.dataclass
+class _Request:
+    prompt_ids: list[int]
+    max_tokens: int
+    want_log_probs: bool
+    future: asyncio.Future
+
+
+class _TokenLogProbRecorder(LogitsProcessor, StoppingCriteria):
+    """Records log p(token) of each sampled token during ``generate`` without keeping the logits.
+
+    As a logits processor (placed ahead of HF's temperature/top-k/top-p warpers) it sees each step's raw
+    logits and keeps ``log softmax(logits / T)`` for that one step; as a stopping criterion (called after the
+    sampled token is appended) it picks out the sampled token's entry. Memory is one ``(B, V)`` row, not
+    the ``(B, T, V)`` that ``output_logits=True`` would hold.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.step_log_probs: torch.Tensor | None = None
+        self.sampled_log_probs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor):
+        if self.step_log_probs is None:  # logits-processor call: scores are this step's logits, (B, V)
+            self.step_log_probs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+            return scores
+        # stopping-criterion call: input_ids now ends with the token just sampled, (B, L + t)
+        sampled = input_ids[:, -1:]
+        self.sampled_log_probs.append(self.step_log_probs.gather(-1, sampled).squeeze(-1))
+        self.step_log_probs = None
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+class HFRolloutServer:
+    """Token-in/token-out generation server on a ``transformers`` model, batching concurrent requests.
+
+    Exposes the methods verl calls on a rollout server (``generate``, ``wake_up``, ``sleep``,
+    ``clear_kv_cache``, ...) plus ``load_weights``/``finish_weight_update`` used by :class:`HFServerAdapter`.
+    Sleeping does not free anything: on CPU the weights and KV cache live in host memory either way.
+    """
+
+    def __init__(
+        self,
+        config: RolloutConfig | DictConfig,
+        model_config: HFModelConfig | DictConfig,
+        rollout_mode: RolloutMode,
+        replica_rank: int,
+        batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+    ):
+        self.config: RolloutConfig = omega_conf_to_dataclass(config, dataclass_type=RolloutConfig)
+        if isinstance(model_config, HFModelConfig):
+            self.model_config = model_config
+        else:
+            self.model_config = omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
+        self.rollout_mode = rollout_mode
+        self.replica_rank = replica_rank
+        self.batch_wait_s = batch_wait_s
+        self.global_steps: int | None = None
+
+        num_threads = os.environ.get("POISE_HF_ROLLOUT_NUM_THREADS")
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+
+        attn_implementation = self.model_config.override_config.get("attn_implementation", "sdpa")
+        local_path = self.model_config.local_path or copy_to_local(self.model_config.path)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            local_path,
+            dtype=getattr(torch, self.config.dtype)
+            if isinstance(self.config.dtype, str)
+            else self.config.dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=self.model_config.trust_remote_code,
+        )
+        self.model.eval()
+        # state_dict(keep_vars=True) names tied weights under every key (lm_head.weight and
+        # model.embed_tokens.weight), matching what the actor sends.
+        self._named_tensors = self.model.state_dict(keep_vars=True)
+
+        generation_config = self.model.generation_config
+        eos = generation_config.eos_token_id
+        self.eos_token_ids: tuple[int, ...] = tuple(
+            eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
+        )
+        pad = generation_config.pad_token_id
+        self.pad_token_id: int = (
+            pad if pad is not None else (self.eos_token_ids[0] if self.eos_token_ids else 0)
+        )
+
+        self._pending: list[tuple[SamplingSettings, _Request]] = []
+        self._has_pending: asyncio.Event | None = None
+        self._batcher: asyncio.Task | None = None
+        # Held by a batch while it generates and by a weight update while it writes, so weights never change
+        # under a running generate.
+        self._model_lock: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------
+    # Generation
+    # ------------------------------------------------------------------
+
+    def _max_tokens(self, sampling_params: dict[str, Any], prompt_len: int) -> int:
+        # Same budget rule as verl's vLLM server (vllm_async_server.py generate).
+        if "max_tokens" in sampling_params:
+            max_tokens = sampling_params["max_tokens"]
+        elif "max_new_tokens" in sampling_params:
+            max_tokens = sampling_params["max_new_tokens"]
+        else:
+            max_tokens = min(
+                self.config.response_length,
+                self.config.prompt_length + self.config.response_length - prompt_len,
+            )
+        max_model_len = self.config.max_model_len or (self.config.prompt_length + self.config.response_length)
+        return max(1, min(int(max_tokens), max_model_len - prompt_len))
+
+    def _settings(self, sampling_params: dict[str, Any]) -> SamplingSettings:
+        top_k = sampling_params.get("top_k", -1)
+        return SamplingSettings(
+            temperature=float(sampling_params.get("temperature", 1.0)),
+            top_p=float(sampling_params.get("top_p", 1.0)),
+            # verl (vLLM convention) uses -1 for "no top-k"; transformers uses 0.
+            top_k=int(top_k) if top_k is not None and top_k > 0 else 0,
+            stop_token_ids=tuple(sampling_params.get("stop_token_ids") or ()),
+        )
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str,
+        image_data: list[Any] | None = None,
+        video_data: list[Any] | None = None,
+        **kwargs,
+    ) -> TokenOutput:
+        """Generate one response for ``prompt_ids``; batched with whatever else arrives in the same window."""
+        if image_data is not None or video_data is not None:
+            raise NotImplementedError("the hf rollout server is text-only")
+        prompt_ids = [int(token) for token in prompt_ids]
+        loop = asyncio.get_running_loop()
+        if self._batcher is None or self._batcher.done():
+            self._has_pending = asyncio.Event()
+            self._model_lock = self._model_lock or asyncio.Lock()
+            self._batcher = loop.create_task(self._batch_loop())
+        request = _Request(
+            prompt_ids=prompt_ids,
+            max_tokens=self._max_tokens(sampling_params, len(prompt_ids)),
+            want_log_probs=bool(sampling_params.get("logprobs", False)),
+            future=loop.create_future(),
+        )
+        self._pending.append((self._settings(sampling_params), request))
+        self._has_pending.set()
+        token_ids, log_probs = await request.future
+        return TokenOutput(
+            token_ids=token_ids,
+            log_probs=log_probs if request.want_log_probs else None,
+            stop_reason="completed",
+            extra_fields={"global_steps": self.global_steps},
+        )
+
+    async def _batch_loop(self) -> None:
+        while True:
+            await self._has_pending.wait()
+            await asyncio.sleep(self.batch_wait_s)
+            pending, self._pending = self._pending, []
+            self._has_pending.clear()
+            groups: dict[SamplingSettings, list[_Request]] = {}
+            for settings, request in pending:
+                groups.setdefault(settings, []).append(request)
+            max_batch = max(1, self.config.max_num_seqs)
+            for settings, requests in groups.items():
+                for start in range(0, len(requests), max_batch):
+                    chunk = requests[start : start + max_batch]
+                    try:
+                        async with self._model_lock:
+                            results = await asyncio.to_thread(
+                                self.generate_batch,
+                                [r.prompt_ids for r in chunk],
+                                [r.max_tokens for r in chunk],
+                                settings,
+                            )
+                    except Exception as error:  # noqa: BLE001  (the failure goes to every caller of the batch)
+                        for request in chunk:
+                            if not request.future.done():
+                                request.future.set_exception(error)
+                        continue
+                    for request, result in zip(chunk, results, strict=True):
+                        if not request.future.done():
+                            request.future.set_result(result)
+
+    @torch.no_grad()
+    def generate_batch(
+        self, prompts: list[list[int]], max_tokens: list[int], settings: SamplingSettings
+    ) -> list[tuple[list[int], list[float]]]:
+        """One left-padded ``generate`` for all ``prompts``; returns (token ids, log-probs) per prompt.
+
+        Each response is cut at its first stop token (inclusive) and at its own ``max_tokens``; sampling a
+        token never depends on later ones, so generating to the longest budget and truncating is exact.
+        """
+        batch_size, prompt_len = len(prompts), max(len(p) for p in prompts)
+        input_ids = torch.full((batch_size, prompt_len), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((batch_size, prompt_len), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, prompt_len - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            attention_mask[row, prompt_len - len(prompt) :] = 1
+
+        stop_ids = set(settings.stop_token_ids)
+        if not self.config.ignore_eos:
+            stop_ids.update(self.eos_token_ids)
+        recorder = _TokenLogProbRecorder(settings.temperature)
+        sampling = (
+            {"do_sample": False}
+            if settings.greedy
+            else {
+                "do_sample": True,
+                "temperature": settings.temperature,
+                "top_p": settings.top_p,
+                "top_k": settings.top_k,
+            }
+        )
+        sequences = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max(max_tokens),
+            min_new_tokens=0,
+            eos_token_id=sorted(stop_ids) or None,
+            pad_token_id=self.pad_token_id,
+            use_cache=True,
+            logits_processor=[recorder],
+            stopping_criteria=[recorder],
+            repetition_penalty=1.0,
+            **sampling,
+        )
+        responses = sequences[:, prompt_len:].tolist()
+        log_probs = torch.stack(recorder.sampled_log_probs, dim=1).tolist()
+
+        results = []
+        for row in range(batch_size):
+            length = min(max_tokens[row], len(responses[row]))
+            for position in range(length):
+                if responses[row][position] in stop_ids:
+                    length = position + 1
+                    break
+            results.append((responses[row][:length], log_probs[row][:length]))
+        return results
+
+    # ------------------------------------------------------------------
+    # Weight sync (called by HFServerAdapter in the actor worker)
+    # ------------------------------------------------------------------
+
+    async def load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
+        """Copy one bucket of full tensors, HF-named, into the model; returns how many were copied."""
+        unknown = [name for name, _ in named_tensors if name not in self._named_tensors]
+        if unknown:
+            raise KeyError(f"hf rollout server: actor sent weights the model does not have: {unknown[:5]}")
+        async with self._lock():
+            with torch.no_grad():
+                for name, tensor in named_tensors:
+                    self._named_tensors[name].copy_(tensor)
+        return len(named_tensors)
+
+    async def finish_weight_update(self, global_steps: int | None = None) -> None:
+        if global_steps is not None:
+            self.global_steps = global_steps
+
+    def _lock(self) -> asyncio.Lock:
+        self._model_lock = self._model_lock or asyncio.Lock()
+        return self._model_lock
+
+    # ------------------------------------------------------------------
+    # Methods verl's replica/trainer call on every rollout server
+    # ------------------------------------------------------------------
+
+    async def set_global_steps(self, global_steps: int) -> None:
+        self.global_steps = global_steps
+
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        return None
+
+    async def sleep(self) -> None:
+        return None
+
+    async def clear_kv_cache(self) -> None:
+        return None
+
+    async def release_kv_cache(self) -> None:
+        return None
+
+    async def resume_kv_cache(self) -> None:
+        return None
+
+    async def wait_for_requests_to_drain(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.batch_wait_s)
+        async with self._lock():
+            return
+
+    async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:
+        # Requests are short and finished whole; there is nothing partial to save.
+        return {"aborted_count": 0, "request_ids": []}
+
+    async def resume_generation(self) -> None:
+        return None
+
+    async def start_profile(self, **kwargs) -> None:
+        return None
+
+    async def stop_profile(self) -> None:
+        return None
+
+
+class HFReplica(RolloutReplica):
+    """One :class:`HFRolloutServer` per replica (tensor/pipeline parallel size must be 1)."""
+
+    async def launch_servers(self):
+        assert self.world_size == 1, (
+            "the hf rollout server runs one model copy per replica: set actor_rollout_ref.rollout."
+            "tensor_model_parallel_size=1 (and data/pipeline parallel size 1)"
+        )
+        if self.is_reward_model:
+            role = "reward"
+        elif self.is_teacher_model:
+            role = "teacher"
+        else:
+            role = ""
+        name = server_actor_name(self.replica_rank, 0, role, self.name_suffix)
+        options: dict[str, Any] = {"name": name, "max_concurrency": self.max_concurrency, "num_cpus": 0}
+        if self.workers:
+            node_id = await self.workers[0].__ray_call__.remote(
+                lambda worker: ray.get_runtime_context().get_node_id()
+            )
+            options["scheduling_strategy"] = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                node_id=node_id, soft=False
+            )
+        server = (
+            ray.remote(HFRolloutServer)
+            .options(**options)
+            .remote(
+                config=self.config,
+                model_config=self.model_config,
+                rollout_mode=self.rollout_mode,
+                replica_rank=self.replica_rank,
+            )
+        )
+        self.servers = [server]
+        self._server_handle = server
+        # verl keys its load balancer by address; this server is reached by actor handle only.
+        self._server_address = name
+
+
+class HFServerAdapter(BaseRollout):
+    """The actor-side half of the hf rollout: forwards weight updates and sleep/wake to this rank's server.
+
+    verl's sync trainer, after each step, calls ``ActorRolloutRefWorker.update_weights`` on every actor rank,
+    which hands this adapter a generator of ``(hf_name, full_tensor)`` pairs from the FSDP engine. Producing
+    each full tensor is a collective over the FSDP group, so every rank drains the generator; only the
+    replica's first rank sends, in buckets of ``checkpoint_engine.update_weights_bucket_megabytes``.
+    """
+
+    def __init__(
+        self,
+        config: RolloutConfig,
+        model_config: HFModelConfig,
+        device_mesh: Any,
+        replica_rank: int = -1,
+    ):
+        super().__init__(config, model_config, device_mesh)
+        rank = int(os.environ.get("RANK", "0"))
+        rollout_world_size = (
+            self.config.tensor_model_parallel_size
+            * self.config.data_parallel_size
+            * self.config.pipeline_model_parallel_size
+        )
+        self.replica_rank = rank // rollout_world_size if replica_rank == -1 else replica_rank
+        self.rollout_rank = rank % rollout_world_size
+        self.is_leader_rank = self.rollout_rank == 0
+        self._server: ray.actor.ActorHandle | None = None
+
+    def _server_handle(self) -> ray.actor.ActorHandle | None:
+        if not self.is_leader_rank:
+            return None
+        # Looked up lazily: the server is launched after the actor workers.
+        if self._server is None:
+            self._server = ray.get_actor(server_actor_name(self.replica_rank))
+        return self._server
+
+    async def resume(self, tags: list[str]):
+        server = self._server_handle()
+        if server is not None:
+            await server.wake_up.remote(tags=tags)
+
+    async def release(self):
+        server = self._server_handle()
+        if server is not None:
+            await server.sleep.remote()
+
+    @torch.no_grad()
+    async def update_weights(
+        self, weights, global_steps: int | None = None, wire_format: str = "named_tensors", **kwargs
+    ):
+        if wire_format != "named_tensors":
+            raise NotImplementedError(
+                f"the hf rollout takes full named tensors only, got wire_format={wire_format!r}"
+            )
+        if kwargs.get("peft_config") is not None:
+            raise NotImplementedError("the hf rollout does not load LoRA adapters; set model.lora.merge=True")
+        server = self._server_handle()
+        bucket_bytes = self.config.checkpoint_engine.update_weights_bucket_megabytes << 20
+        bucket: list[tuple[str, torch.Tensor]] = []
+        bucket_size = 0
+        sends = []
+        async for name, tensor in ensure_async_iterator(weights):
+            if server is None:
+                continue
+            tensor = tensor.detach().to("cpu")
+            bucket.append((name, tensor))
+            bucket_size += tensor.numel() * tensor.element_size()
+            if bucket_size >= bucket_bytes:
+                sends.append(server.load_weights.remote(bucket))
+                bucket, bucket_size = [], 0
+        if server is None:
+            return
+        if bucket:
+            sends.append(server.load_weights.remote(bucket))
+        await asyncio.gather(*sends)
+        await server.finish_weight_update.remote(global_steps)
+
+
+def register() -> None:
+    """Make ``actor_rollout_ref.rollout.name=hf`` resolve in this process (idempotent)."""
+    from verl.workers.rollout import base as rollout_base
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    # verl 0.9.1 has no register function for the adapter registry; its own entries are added to this dict.
+    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.HFServerAdapter"
+    RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: HFReplica)
