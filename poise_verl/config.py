@@ -44,6 +44,7 @@ class PoiseSettings:
     pool_last_k: int = 10
     entropy_features: tuple[str, ...] = ("entropy_mean", "entropy_reasoning_mean", "entropy_answer_mean")
     end_of_thinking_token: str | None = "</think>"
+    response_pool_until_end_of_thinking: bool = True
     bootstrap_steps: int = 16
     min_fit_rows: int = 64
     probe: ProbeSettings = field(default_factory=ProbeSettings)

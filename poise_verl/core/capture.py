@@ -46,12 +46,15 @@ class PackedPoolingHook:
         cu_seqlens: ``(B+1,)`` offsets of each sequence in the packed row (prompt then response).
         response_lengths: ``(B,)`` response tokens per sequence.
         k: pool the last k prompt and the last k response tokens.
+        response_pool_lengths: ``(B,)`` optional cut of the response pool (``response_cut_at_last_token``).
         sp_rank, sp_size, sp_group: Ulysses sequence-parallel layout; the layer output on this rank is the
             slice ``[sp_rank * L, (sp_rank + 1) * L)`` of the (padded) packed row.
     """
 
-    def __init__(self, cu_seqlens, response_lengths, k, sp_rank=0, sp_size=1, sp_group=None):
-        self.positions = pooled_positions_packed(cu_seqlens, response_lengths, k)
+    def __init__(
+        self, cu_seqlens, response_lengths, k, response_pool_lengths=None, sp_rank=0, sp_size=1, sp_group=None
+    ):
+        self.positions = pooled_positions_packed(cu_seqlens, response_lengths, k, response_pool_lengths)
         self.sp_rank, self.sp_size, self.sp_group = sp_rank, sp_size, sp_group
         self.prompt_features: torch.Tensor | None = None
         self.response_features: torch.Tensor | None = None

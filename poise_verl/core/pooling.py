@@ -45,6 +45,8 @@ __all__ = [
     "pool_padded",
     "pooled_positions_packed",
     "pooled_positions_padded",
+    "response_cut_at_last_token",
+    "response_cut_at_last_token_packed",
 ]
 
 # Official feature-builder configs: "last_n_mean" with n = 10 for both the prompt and the response.
@@ -105,7 +107,10 @@ def _slot_weights(lengths: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def pooled_positions_packed(
-    cu_seqlens: torch.Tensor, response_lengths: torch.Tensor, k: int = DEFAULT_POOL_TOKENS
+    cu_seqlens: torch.Tensor,
+    response_lengths: torch.Tensor,
+    k: int = DEFAULT_POOL_TOKENS,
+    response_pool_lengths: torch.Tensor | None = None,
 ) -> PooledPositions:
     """Flat positions and weights of the pooled tokens in verl's packed (remove-padding) layout.
 
@@ -117,6 +122,9 @@ def pooled_positions_packed(
         cu_seqlens: ``(B + 1,)`` int, cumulative sequence lengths, ``cu[0] = 0``.
         response_lengths: ``(B,)`` int, ``R_i`` (number of real response tokens, may be 0).
         k: tokens pooled per part.
+        response_pool_lengths: ``(B,)`` int in ``[0, R_i]``, optional: the response pool reads the last ``k``
+            of the first ``C_i`` response tokens instead of the last ``k`` of all ``R_i`` (the official code
+            cuts the response after its last end-of-thinking token: ``response_cut_at_last_token``).
 
     Returns:
         PooledPositions with ``(B, k)`` indices into the packed token axis (length ``cu[-1]``).
@@ -143,16 +151,65 @@ def pooled_positions_packed(
         index = torch.where(weight > 0, index, torch.zeros_like(index))
         return index, weight
 
-    response_index, response_weight = part(ends - 1, response_lengths)
-    prompt_index, prompt_weight = part(ends - response_lengths - 1, prompt_lengths)
+    if response_pool_lengths is None:
+        response_pool_lengths = response_lengths
+    response_pool_lengths = response_pool_lengths.to(torch.int64).reshape(-1).to(cu.device)
+    if bool((response_pool_lengths < 0).any()) or bool((response_pool_lengths > response_lengths).any()):
+        raise ValueError("response_pool_lengths must lie in [0, R_i] for every sample")
+    response_starts = ends - response_lengths
+    response_index, response_weight = part(response_starts + response_pool_lengths - 1, response_pool_lengths)
+    prompt_index, prompt_weight = part(response_starts - 1, prompt_lengths)
     return PooledPositions(
         prompt_index=prompt_index,
         prompt_weight=prompt_weight,
         response_index=response_index,
         response_weight=response_weight,
         prompt_empty=prompt_lengths == 0,
-        response_empty=response_lengths == 0,
+        response_empty=response_pool_lengths == 0,
     )
+
+
+def response_cut_at_last_token(
+    response_ids: torch.Tensor, response_mask: torch.Tensor, token_id: int | None
+) -> torch.Tensor:
+    """``(B,)`` response tokens up to and including the last ``token_id`` (all real tokens when absent).
+
+    The official POISE code pools the response's hidden states only up to its last end-of-thinking token:
+    for a thinking model the response feature summarises the end of the reasoning, not the boxed answer.
+
+    Args:
+        response_ids: ``(B, T)`` response token ids, right-padded.
+        response_mask: ``(B, T)``, 1 on real response tokens (a prefix of each row).
+        token_id: the end-of-thinking token, or None for no cut.
+    """
+    real = response_mask.to(torch.bool)
+    lengths = real.sum(1).to(torch.int64)
+    if token_id is None:
+        return lengths
+    positions = torch.arange(response_ids.shape[1], device=response_ids.device).expand_as(response_ids)
+    hits = torch.where(real & (response_ids == token_id), positions, torch.full_like(positions, -1))
+    last = hits.max(1).values  # (B,) -1 when the token is absent
+    return torch.where(last >= 0, last + 1, lengths)
+
+
+def response_cut_at_last_token_packed(
+    input_ids: torch.Tensor, cu_seqlens: torch.Tensor, response_lengths: torch.Tensor, token_id: int | None
+) -> torch.Tensor:
+    """``response_cut_at_last_token`` for the packed layout: ``input_ids`` ``(total_nnz,)`` (or
+    ``(1, total_nnz)``), sample ``i`` at ``[cu[i], cu[i+1])`` ending with its ``R_i`` response tokens."""
+    response_lengths = response_lengths.to(torch.int64).reshape(-1)
+    if token_id is None:
+        return response_lengths
+    flat = input_ids.reshape(-1)
+    cu = cu_seqlens.to(torch.int64).reshape(-1).to(flat.device)
+    response_lengths = response_lengths.to(flat.device)
+    segment = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=flat.device), cu.diff())
+    response_start = (cu[1:] - response_lengths)[segment]  # (N,) start of each token's response
+    offset = torch.arange(flat.numel(), device=flat.device) - response_start  # position within the response
+    hit = (offset >= 0) & (flat == token_id)
+    last = torch.full_like(response_lengths, -1)
+    last.scatter_reduce_(0, segment[hit], offset[hit], reduce="amax")
+    return torch.where(last >= 0, last + 1, response_lengths)
 
 
 def _last_real_positions(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +234,10 @@ def _last_real_positions(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
 
 
 def pooled_positions_padded(
-    attention_mask: torch.Tensor, prompt_length: int, k: int = DEFAULT_POOL_TOKENS
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    k: int = DEFAULT_POOL_TOKENS,
+    response_pool_lengths: torch.Tensor | None = None,
 ) -> PooledPositions:
     """Flat positions and weights of the pooled tokens in verl's padded layout.
 
@@ -186,6 +246,7 @@ def pooled_positions_padded(
             prompt, ``[P, P + T)`` the (right-padded) response.
         prompt_length: ``P``, the width of the prompt block.
         k: tokens pooled per part.
+        response_pool_lengths: ``(B,)`` optional cut, as in ``pooled_positions_packed``.
 
     Returns:
         PooledPositions whose indices address the flattened ``(B * (P + T))`` token axis, i.e. row ``b``,
@@ -198,8 +259,13 @@ def pooled_positions_padded(
     if not 0 <= prompt_length <= width:
         raise ValueError(f"prompt_length {prompt_length} outside [0, {width}]")
     mask = attention_mask != 0
+    response_mask = mask[:, prompt_length:]
+    if response_pool_lengths is not None:
+        # Keep only the first C_i real response tokens (the response block is right-padded).
+        ranks = response_mask.to(torch.int64).cumsum(1)  # 1-based rank of each real token
+        response_mask = response_mask & (ranks <= response_pool_lengths.to(ranks.device).reshape(-1, 1))
     prompt_index, prompt_weight = _last_real_positions(mask[:, :prompt_length], k)
-    response_index, response_weight = _last_real_positions(mask[:, prompt_length:], k)
+    response_index, response_weight = _last_real_positions(response_mask, k)
     row_start = (torch.arange(batch, device=mask.device) * width).unsqueeze(1)  # (B, 1)
     return PooledPositions(
         prompt_index=prompt_index + row_start,
@@ -207,7 +273,7 @@ def pooled_positions_padded(
         response_index=response_index + prompt_length + row_start,
         response_weight=response_weight,
         prompt_empty=~mask[:, :prompt_length].any(1),
-        response_empty=~mask[:, prompt_length:].any(1),
+        response_empty=~response_mask.any(1),
     )
 
 
@@ -257,7 +323,11 @@ def _pool(flat_hidden: torch.Tensor, positions: PooledPositions) -> PooledFeatur
 
 
 def pool_padded(
-    hidden: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int, k: int = DEFAULT_POOL_TOKENS
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    k: int = DEFAULT_POOL_TOKENS,
+    response_pool_lengths: torch.Tensor | None = None,
 ) -> PooledFeatures:
     """Pool phi(x) and phi(y) from hidden states in verl's padded layout.
 
@@ -276,7 +346,7 @@ def pool_padded(
             f"hidden {tuple(hidden.shape)} must be (B, P + T, H) matching attention_mask "
             f"{tuple(attention_mask.shape)}"
         )
-    positions = pooled_positions_padded(attention_mask, prompt_length, k)
+    positions = pooled_positions_padded(attention_mask, prompt_length, k, response_pool_lengths)
     return _pool(hidden.reshape(-1, hidden.shape[-1]), positions)
 
 
@@ -285,6 +355,7 @@ def pool_packed(
     cu_seqlens: torch.Tensor,
     response_lengths: torch.Tensor,
     k: int = DEFAULT_POOL_TOKENS,
+    response_pool_lengths: torch.Tensor | None = None,
 ) -> PooledFeatures:
     """Pool phi(x) and phi(y) from hidden states in verl's packed (remove-padding) layout.
 
@@ -304,5 +375,6 @@ def pool_packed(
     total = int(cu_seqlens.reshape(-1)[-1])
     if total != flat.shape[0]:
         raise ValueError(f"cu_seqlens[-1] = {total} but the packed row holds {flat.shape[0]} tokens")
-    positions = pooled_positions_packed(cu_seqlens.to(flat.device), response_lengths.to(flat.device), k)
+    cut = None if response_pool_lengths is None else response_pool_lengths.to(flat.device)
+    positions = pooled_positions_packed(cu_seqlens.to(flat.device), response_lengths.to(flat.device), k, cut)
     return _pool(flat, positions)

@@ -26,9 +26,11 @@ from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 from poise_verl.core.capture import PackedPoolingHook, decoder_layers
+from poise_verl.core.pooling import response_cut_at_last_token_packed
 
 CAPTURE_LAYER_KEY = "poise_capture_layer"
 POOL_K_KEY = "poise_pool_k"
+THINK_TOKEN_KEY = "poise_response_cut_token"  # -1: pool the end of the response, no cut
 PROMPT_FEATURES = "poise_prompt_features"
 RESPONSE_FEATURES = "poise_response_features"
 ENGINE_VENDOR = "poise"
@@ -72,10 +74,18 @@ class PoiseFSDPEngine(FSDPEngineWithLMHead):
 
             sp_group = get_ulysses_sequence_parallel_group()
             sp_rank = torch.distributed.get_rank(group=sp_group)
+        cu_seqlens = micro_batch["input_ids"].offsets().to(torch.long)
+        response_lengths = _response_lengths(micro_batch)
+        cut_token = int(tu.get_non_tensor_data(data=micro_batch, key=THINK_TOKEN_KEY, default=-1))
+        # Official POISE: the response pool ends at the response's last end-of-thinking token, when present.
+        response_pool_lengths = response_cut_at_last_token_packed(
+            micro_batch["input_ids"].values(), cu_seqlens, response_lengths, None if cut_token < 0 else cut_token
+        )
         hook = PackedPoolingHook(
-            cu_seqlens=micro_batch["input_ids"].offsets().to(torch.long),
-            response_lengths=_response_lengths(micro_batch),
+            cu_seqlens=cu_seqlens,
+            response_lengths=response_lengths,
             k=k,
+            response_pool_lengths=response_pool_lengths,
             sp_rank=sp_rank,
             sp_size=sp_size,
             sp_group=sp_group,

@@ -37,7 +37,13 @@ from poise_verl.config import PoiseSettings
 from poise_verl.core.cross_rollout import cross_baselines, sibling_targets
 from poise_verl.core.diagnostics import baseline_diagnostics
 from poise_verl.core.entropy import entropy_feature_matrix, entropy_statistics
-from poise_verl.verl_ext.capture_engine import CAPTURE_LAYER_KEY, POOL_K_KEY, PROMPT_FEATURES, RESPONSE_FEATURES
+from poise_verl.verl_ext.capture_engine import (
+    CAPTURE_LAYER_KEY,
+    POOL_K_KEY,
+    PROMPT_FEATURES,
+    RESPONSE_FEATURES,
+    THINK_TOKEN_KEY,
+)
 from poise_verl.verl_ext.probe_worker import ProbeWorker, ReplayBufferActor
 
 logger = logging.getLogger(__name__)
@@ -114,15 +120,20 @@ class PoiseTrainer(SyncTrainer):
     # ---------------------------------------------------------------- old log-probs + features
     def _compute_old_log_prob(self, batch, metrics):
         """verl's old-log-prob pass, with the capture flag on for this pass only (not ref, not training)."""
-        batch.extra_info[CAPTURE_LAYER_KEY] = self.poise.probe_layer
-        batch.extra_info[POOL_K_KEY] = self.poise.pool_last_k
+        cut = self.end_of_thinking_token_id if self.poise.response_pool_until_end_of_thinking else None
+        flags = {
+            CAPTURE_LAYER_KEY: self.poise.probe_layer,
+            POOL_K_KEY: self.poise.pool_last_k,
+            THINK_TOKEN_KEY: -1 if cut is None else cut,
+        }
+        batch.extra_info.update(flags)
         try:
             out = super()._compute_old_log_prob(batch, metrics)
         finally:
-            batch.extra_info.pop(CAPTURE_LAYER_KEY, None)
-            batch.extra_info.pop(POOL_K_KEY, None)
-        out.extra_info.pop(CAPTURE_LAYER_KEY, None)
-        out.extra_info.pop(POOL_K_KEY, None)
+            for key in flags:
+                batch.extra_info.pop(key, None)
+        for key in flags:
+            out.extra_info.pop(key, None)
         return out
 
     # ---------------------------------------------------------------- advantages

@@ -170,3 +170,46 @@ def test_bad_inputs_raise():
         pool_packed(packed, cu, response_lengths + 10, 10)
     with pytest.raises(ValueError, match="k must be"):
         pool_padded(hidden, mask, width_p, 0)
+
+
+THINK = 7  # the end-of-thinking token id in the cut tests
+
+
+def _loop_cut(ids, token_id):
+    """Tokens up to and including the last token_id, else all (the official response cut)."""
+    last = None
+    for position, token in enumerate(ids):
+        if token == token_id:
+            last = position
+    return len(ids) if last is None else last + 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_response_cut_at_last_end_of_thinking_token(seed):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [(int(p), int(r)) for p, r in torch.randint(0, 14, (6, 2), generator=generator)]
+    prompts, responses, hidden, mask, width_p, packed, cu, response_lengths = make_batch(lengths, seed=seed)
+    # Token ids: random small ids so THINK appears zero, one or several times in a response (and in prompts,
+    # where it must be ignored).
+    ids = [torch.randint(0, 10, (p + r,), generator=generator) for p, r in lengths]
+    width_t = hidden.shape[1] - width_p
+    response_ids = torch.zeros(len(lengths), width_t, dtype=torch.int64)
+    for b, (p, r) in enumerate(lengths):
+        response_ids[b, :r] = ids[b][p:]
+    from poise_verl.core.pooling import response_cut_at_last_token, response_cut_at_last_token_packed
+
+    cut_padded = response_cut_at_last_token(response_ids, mask[:, width_p:], THINK)
+    pooled_cut = response_cut_at_last_token_packed(torch.cat(ids), cu, response_lengths, THINK)
+    expected = torch.tensor([_loop_cut(ids[b][p:].tolist(), THINK) for b, (p, _) in enumerate(lengths)])
+    assert torch.equal(cut_padded, expected) and torch.equal(pooled_cut, expected)
+    assert torch.equal(response_cut_at_last_token(response_ids, mask[:, width_p:], None), response_lengths)
+
+    # Pooling with the cut: both layouts equal the loop over the first C_i response tokens.
+    k = 3
+    flat = pool_packed(packed, cu, response_lengths, k, response_pool_lengths=expected)
+    padded = pool_padded(hidden, mask, width_p, k, response_pool_lengths=expected)
+    reference = torch.stack([loop_pool(responses[b][: int(expected[b])], k) for b in range(len(lengths))])
+    torch.testing.assert_close(flat.response, reference, atol=1e-6, rtol=0)
+    torch.testing.assert_close(padded.response, reference, atol=1e-6, rtol=0)
+    torch.testing.assert_close(flat.prompt, padded.prompt, atol=1e-6, rtol=0)
+    assert torch.equal(flat.response_empty, expected == 0)
