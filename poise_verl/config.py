@@ -91,10 +91,14 @@ def _div(a: Any, b: Any) -> int:
 
 
 def _tiny(relative: str) -> str:
-    """``${poise_tiny:model}``: a path inside the tiny assets, building them on first use."""
-    from poise_verl.tiny.build import ensure_tiny_assets
+    """``${poise_tiny:model}``: a path inside the tiny assets' cache folder.
 
-    return str(ensure_tiny_assets() / relative)
+    Only the path: Hydra dereferences an interpolated value whenever a recipe merges over it, so building here
+    would train the tiny model on every GPU launch. ``launch.prepare`` builds the assets when a run uses them.
+    """
+    from poise_verl.tiny.build import default_cache_dir
+
+    return str(default_cache_dir() / relative)
 
 
 def _module_file(module: str) -> str:

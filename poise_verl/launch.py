@@ -63,9 +63,22 @@ def metrics_file(config: DictConfig) -> str:
     return os.path.join(config.trainer.default_local_dir, "metrics", f"{stamp}-{os.getpid()}.jsonl")
 
 
+def ensure_tiny_assets_if_used(config: DictConfig) -> None:
+    """Build the tiny policy and task (first use only, about 2 minutes) when the run's paths point at them."""
+    from poise_verl.tiny.build import default_cache_dir, ensure_tiny_assets
+
+    root = str(default_cache_dir())
+    val_files = config.data.val_files
+    paths = [config.actor_rollout_ref.model.path, config.data.train_files]
+    paths += list(val_files) if OmegaConf.is_list(val_files) else [val_files]
+    if any(str(path).startswith(root) for path in paths):
+        ensure_tiny_assets()
+
+
 def prepare(config: DictConfig) -> DictConfig:
     """Resolve, validate and attach the runtime environment; returns the config verl will run."""
     OmegaConf.resolve(config)  # only the driver knows poise-verl's resolvers
+    ensure_tiny_assets_if_used(config)
     validate(config)
     check_hardware(config)
     with open_dict(config):

@@ -9,6 +9,7 @@ driver's node; the refit is issued after the step's advantages are fixed and run
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray
@@ -52,7 +53,8 @@ class ProbeWorker:
     """Holds the probe g(phi); predicts, and refits from scratch on the replay buffer's rows."""
 
     def __init__(self, name: str, probe_kwargs: dict[str, Any], min_fit_rows: int):
-        torch.set_num_threads(1)
+        # The refit overlaps the actor update; a few threads, never more than the node has.
+        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1))))
         self.probe = build_probe(name, **probe_kwargs)
         self.min_fit_rows = min_fit_rows
         self.num_fits = 0

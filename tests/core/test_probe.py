@@ -217,3 +217,28 @@ def test_errors():
         probe.fit(prompt, response, scalar, targets * 2 - 1)  # rewards in {-1, 1}
     with pytest.raises(ValueError, match="cannot be loaded"):
         build_probe("mlp").load_state_dict(probe.state_dict())
+
+
+def test_randomized_pca_matches_exact_axes_on_large_blocks():
+    """Above 500 rows or features the probe uses randomised PCA (as scikit-learn does); on a block with a
+    decaying spectrum it recovers the exact top axes, and a refit on the same rows is identical."""
+    from poise_verl.core.probe import _FrontEnd
+
+    generator = torch.Generator().manual_seed(3)
+    rows, features, rank = 700, 600, 40
+    scales = torch.logspace(1, -1, rank, dtype=torch.float64)
+    signal = torch.randn(rows, rank, generator=generator, dtype=torch.float64) * scales
+    block = signal @ torch.randn(rank, features, generator=generator, dtype=torch.float64)
+    block = block + 0.01 * torch.randn(rows, features, generator=generator, dtype=torch.float64)
+    z = block - block.mean(0)
+    front = _FrontEnd(prompt_components=8, response_components=0, std_floor=1e-6, seed=0)
+    front._pca_fit(z, 8, "prompt")
+    randomized = front.state["prompt_components"]
+    _, _, vh = np.linalg.svd(z.numpy(), full_matrices=False)
+    exact = torch.from_numpy(vh[:8])
+    # Same axes up to sign: |cosine| of each pair ~ 1.
+    cosines = (randomized * exact).sum(1).abs()
+    assert torch.all(cosines > 0.999), cosines
+    again = _FrontEnd(8, 0, 1e-6, seed=0)
+    again._pca_fit(z, 8, "prompt")
+    assert torch.equal(again.state["prompt_components"], randomized)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# DAPO (n=16, dynamic sampling) on DeepSeek-R1-Distill-Qwen-1.5B, at POISE's 512 rollouts per step: hydra_configs/recipe/deepseek_r1_distill_qwen_1_5b.yaml with algo=dapo.
+#
+#   MODEL_PATH=/models/DeepSeek-R1-Distill-Qwen-1.5B bash recipes/deepseek_r1_distill_qwen_1_5b/run_dapo.sh [hydra overrides ...]
+#   e.g. ... trainer.n_gpus_per_node=8   (sizing for 1, 2 and 8 GPUs: recipes/README.md)
+#
+# Data, once (POISE_DATA_DIR defaults to data/; source files: recipes/README.md):
+#   python -m poise_verl.data.prepare dapo_math_17k --input dapo-math-17k.parquet --output data/dapo_math_17k.parquet
+#   python -m poise_verl.data.prepare aime24 --input aime_2024.parquet --output data/aime24.parquet
+#   python -m poise_verl.data.prepare aime25 --input aime2025-I.jsonl aime2025-II.jsonl --output data/aime25.parquet
+#   python -m poise_verl.data.prepare amc --input aimo-validation-amc.parquet --output data/amc.parquet
+set -euo pipefail
+exec "$(dirname "${BASH_SOURCE[0]}")/../_run.sh" deepseek_r1_distill_qwen_1_5b dapo "$@"
