@@ -1,0 +1,86 @@
+"""Smoke test of the prepared GPU check (benchmarks/gpu_check.py): its --quick path, run as a user runs it.
+
+The full check needs a GPU and runs once per GPU session, so this test makes sure the one code path both
+share works on the CPU: a tiny random Qwen3, packed micro-batches, the capture hook, the checks, the
+probe timings, the JSON file and the markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# The only entries that may be null in a quick run: no CUDA version on a CPU build.
+ALLOWED_NULLS = {"phases.environment.cuda"}
+
+
+def _leaves(value, path=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{path}[{index}]")
+    else:
+        yield path, value
+
+
+def test_quick_path_writes_finite_results(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    env = {key: value for key, value in os.environ.items() if key != "OUT"}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    log = result.stdout[-4000:] + result.stderr[-4000:]
+    assert result.returncode == 0, log
+    assert "| quantity | value |" in result.stdout, log
+
+    data = json.loads(out.read_text())
+    assert data["status"] == "done" and data["errors"] == {}, data["errors"]
+    assert all(data["phases"][name]["ok"] for name in data["phases"]), log
+
+    # The JSON writes a non-finite float as null: no null may appear outside the allowed entries.
+    leaves = dict(_leaves(data))
+    nulls = {path for path, value in leaves.items() if value is None}
+    assert nulls <= ALLOWED_NULLS, nulls
+    for path, value in leaves.items():
+        if isinstance(value, float):
+            assert math.isfinite(value), path
+
+    checks = data["phases"]["checks"]
+    assert checks["passed"], checks
+    assert checks["layer_output_is_hidden_states_index"]  # hidden_states[L + 1] is layer L's output
+    assert checks["capture_equal"] and checks["captured_finite"]
+    assert checks["same_forward_max_abs_diff"] == 0.0
+    assert checks["packed_attention_ok"]
+    assert checks["packed_vs_alone_rel_diff"] < 1e-4 < checks["leaky_vs_alone_rel_diff"]
+
+    forward = data["phases"]["forward"]
+    assert forward["log_probs_finite"] and forward["entropy_finite"] and forward["features_finite"]
+    assert forward["features_rows"] == forward["sequences"]
+    assert len(forward["times_s"]["with"]) == len(forward["times_s"]["without"]) >= 3
+
+    summary = data["summary"]
+    for key in (
+        "step_lower_bound_s",
+        "capture_overhead_pct",
+        "hook_alone_pct_of_forward",
+        "probe_fit_pct_of_step",
+        "probe_predict_pct_of_step",
+        "entropy_stats_pct_of_step",
+        "probe_total_pct_of_step",
+    ):
+        assert isinstance(summary[key], float) and math.isfinite(summary[key]), key
+    assert summary["step_lower_bound_s"] > 0
+    assert data["phases"]["probe"]["predictions_finite"]
