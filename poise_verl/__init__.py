@@ -13,6 +13,11 @@ The algorithm itself lives in :mod:`poise_verl.core` (pure torch); :mod:`poise_v
 thin adapters that plug it into verl's registries.
 """
 
-from poise_verl.verl_ext import adv_estimator as _adv_estimator  # noqa: F401  (registers "poise")
+import importlib.util
+
+# The pure-torch core works without verl (a bare GPU box, a notebook); where verl is installed, importing
+# poise_verl registers the estimator, and any error in doing so propagates.
+if importlib.util.find_spec("verl") is not None:
+    from poise_verl.verl_ext import adv_estimator as _adv_estimator  # noqa: F401  (registers "poise")
 
 __version__ = "0.1.0"
