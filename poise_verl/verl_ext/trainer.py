@@ -55,6 +55,13 @@ def _to_list(field) -> list:
     return list(field.tolist()) if hasattr(field, "tolist") else list(field)
 
 
+def per_rollout_advantage_std(advantages: torch.Tensor, response_mask: torch.Tensor) -> float:
+    """Std over the batch of A_i, each rollout's mean token advantage. ``(bs, T)``, ``(bs, T)`` -> float."""
+    mask = response_mask.to(torch.float32)
+    per_rollout = (advantages.to(torch.float32) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return float(per_rollout.std())
+
+
 @register_trainer("poise_sync")
 class SyncTrainer(PPOTrainerSync):
     """``PPOTrainerSync`` under another registered name, with verl's sync semantics kept.
@@ -65,6 +72,32 @@ class SyncTrainer(PPOTrainerSync):
     Also applies ``runtime.poll_interval_s``: how often verl's replay buffer looks for finished rollouts
     (its constructor default is 2 s, which puts a 2 s floor under every generation phase).
     """
+
+    def _check_rewards(self, uids: np.ndarray, rewards: torch.Tensor) -> None:
+        """A non-finite reward is an error naming the rollout and the reward function, never a NaN advantage."""
+        if torch.isfinite(rewards).all():
+            return
+        bad = int((~torch.isfinite(rewards)).nonzero()[0, 0])
+        function = self.config.reward.custom_reward_function
+        raise ValueError(
+            f"reward of rollout {bad} (uid={uids[bad]!r}) is {rewards[bad].item()}: the reward function "
+            f"{function.get('name')} in {function.get('path')} must return a finite number"
+        )
+
+    def _compute_advantage(self, batch, metrics):
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores"]
+        )
+        uids = np.array(_to_list(data["uid"]), dtype=object)
+        self._check_rewards(uids, data.exclude("uid").to_padded_tensor()["rm_scores"].sum(-1))
+        batch = super()._compute_advantage(batch, metrics)
+        # One name for every algorithm, so ablations compare GRPO/DAPO's spread of advantages with POISE's.
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["advantages", "response_mask"]
+        )
+        padded = data.to_padded_tensor()
+        metrics["training/adv_std"] = per_rollout_advantage_std(padded["advantages"], padded["response_mask"])
+        return batch
 
     def _build_replay_buffer(self):
         buffer = super()._build_replay_buffer()
@@ -140,8 +173,18 @@ class PoiseTrainer(SyncTrainer):
     def _compute_advantage(self, batch, metrics):
         """Probe predictions -> cross-rollout advantages -> (only then) hand this batch to the probe."""
         domain_key = self.poise.buffer.domain_key
-        fields = ["uid", "response_mask", "rm_scores", "responses", "entropy", PROMPT_FEATURES, RESPONSE_FEATURES]
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields + [domain_key])
+        fields = [
+            "uid",
+            "response_mask",
+            "rm_scores",
+            "responses",
+            "entropy",
+            PROMPT_FEATURES,
+            RESPONSE_FEATURES,
+        ]
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=fields + [domain_key]
+        )
         nested_response_mask = data["response_mask"]
         uids = np.array(_to_list(data["uid"]), dtype=object)
         domains = [str(d) for d in _to_list(data[domain_key])]
@@ -149,12 +192,7 @@ class PoiseTrainer(SyncTrainer):
         response_mask = padded["response_mask"].to(torch.float32)  # (bs, T)
         token_level_rewards = padded["rm_scores"].to(torch.float32)  # (bs, T)
         rewards = token_level_rewards.sum(-1)  # R_i, (bs,)
-        if not torch.isfinite(rewards).all():
-            bad = int((~torch.isfinite(rewards)).nonzero()[0, 0])
-            raise ValueError(
-                f"reward of rollout {bad} (uid={uids[bad]!r}) is {rewards[bad].item()}: the reward function "
-                f"({self.config.reward.custom_reward_function.path}) must return a finite number"
-            )
+        self._check_rewards(uids, rewards)
 
         # phi: pooled layer-L hidden states from the old-log-prob pass, plus entropy statistics of that pass.
         prompt_features = padded[PROMPT_FEATURES].to(torch.float32)  # (bs, H)
@@ -192,6 +230,7 @@ class PoiseTrainer(SyncTrainer):
 
         metrics.update(self._poise_metrics(rewards, predictions, uids, advantages, response_mask, use_probe))
         metrics["poise/empty_responses"] = float((response_mask.sum(-1) == 0).sum())
+        metrics["training/adv_std"] = per_rollout_advantage_std(advantages, response_mask)
 
         # The advantages above are fixed; only now may the probe learn from this batch's rewards.
         self._issue_refit(uids, domains, prompt_features, response_features, scalar_features, rewards)
@@ -287,7 +326,11 @@ class PoiseTrainer(SyncTrainer):
         state = torch.load(path, weights_only=False)
         ray.get(self.probe_worker.load_state_dict.remote(state["probe"]))
         ray.get(self.replay_buffer_actor.load_state_dict.remote(state["buffer"]))
-        logger.warning("Restored POISE state from %s (%s buffer rows)", path, ray.get(self.replay_buffer_actor.num_rows.remote()))
+        logger.warning(
+            "Restored POISE state from %s (%s buffer rows)",
+            path,
+            ray.get(self.replay_buffer_actor.num_rows.remote()),
+        )
 
 
 @register_trainer("dapo")

@@ -144,6 +144,9 @@ class HFRolloutServer:
             trust_remote_code=self.model_config.trust_remote_code,
         )
         self.model.eval()
+        # Seeded like verl's vLLM server (rollout.seed + replica rank), so runs with different seeds sample
+        # differently. CPU runs stay inexact: which requests share a generate call depends on timing.
+        torch.manual_seed(int(self.config.seed) + int(self.replica_rank))
         # state_dict(keep_vars=True) names tied weights under every key (lm_head.weight and
         # model.embed_tokens.weight), matching what the actor sends.
         self._named_tensors = self.model.state_dict(keep_vars=True)

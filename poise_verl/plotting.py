@@ -1,0 +1,202 @@
+"""Figures of an ablation: curves of several algorithms, each the mean over seeds with a min-max band.
+
+Pure pandas + matplotlib (Agg backend, no display needed). Each run is a DataFrame indexed by training step
+with one column per metric (verl's names, plus the derived ``train_wall_clock_s``, ``generated_tokens`` and
+``val_accuracy`` columns that :mod:`poise_verl.ablate` adds). A band aggregates the seeds of one algorithm
+step by step, over the steps every seed has a value for, so a mean is never taken over a changing set of
+seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+
+# One colour per algorithm across every figure.
+COLOURS = {"poise": "tab:blue", "dapo": "tab:orange", "grpo": "tab:green"}
+SPREAD = "min-max over seeds"
+
+
+def seed_band(runs: list[pd.DataFrame], y: str, x: str | None = None) -> pd.DataFrame:
+    """Mean and min/max of column ``y`` over seeds, per step, on the steps where every seed has ``y``.
+
+    Returns columns ``step, y_mean, y_min, y_max, seeds`` and, with ``x``, ``x_mean`` (the x position of a
+    step is the mean of the seeds' x there: wall-clock and token counts differ slightly between seeds).
+    Empty when some seed never logged ``y``.
+    """
+    columns = ["step", "y_mean", "y_min", "y_max", "seeds"] + (["x_mean"] if x else [])
+    if not runs or any(y not in run.columns for run in runs):
+        return pd.DataFrame(columns=columns)
+    parts = []
+    for index, run in enumerate(runs):
+        wanted = [y] + ([x] if x and x != y else [])
+        if any(col not in run.columns for col in wanted):
+            return pd.DataFrame(columns=columns)
+        part = run[wanted].dropna(subset=[y]).copy()
+        part["seed_index"] = index
+        part["step"] = part.index
+        parts.append(part)
+    rows = pd.concat(parts, ignore_index=True)
+    grouped = rows.groupby("step")
+    out = pd.DataFrame(
+        {
+            "y_mean": grouped[y].mean(),
+            "y_min": grouped[y].min(),
+            "y_max": grouped[y].max(),
+            "seeds": grouped["seed_index"].nunique(),
+        }
+    )
+    if x:
+        out["x_mean"] = grouped[x].mean()
+    out = out[out["seeds"] == len(runs)].reset_index()
+    return out[columns]
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    if seconds < 600:
+        return 1.0, "s"
+    if seconds < 7200:
+        return 60.0, "min"
+    return 3600.0, "h"
+
+
+def _draw(
+    ax,
+    runs_by_algo: dict[str, list[pd.DataFrame]],
+    y: str,
+    x: str | None,
+    x_scale: float = 1.0,
+    label_suffix: str = "",
+    linestyle: str = "-",
+    colour: str | None = None,
+) -> bool:
+    drawn = False
+    for index, (algo, runs) in enumerate(runs_by_algo.items()):
+        band = seed_band(runs, y, x)
+        if band.empty:
+            continue
+        xs = (band["x_mean"] if x else band["step"]) / x_scale
+        line_colour = colour or COLOURS.get(algo, f"C{index + 3}")
+        label = f"{algo}{label_suffix} ({len(runs)} seed{'s' if len(runs) != 1 else ''})"
+        ax.plot(
+            xs,
+            band["y_mean"],
+            linestyle,
+            color=line_colour,
+            label=label,
+            marker="o" if len(band) < 30 else None,
+            markersize=3,
+        )
+        ax.fill_between(xs, band["y_min"], band["y_max"], color=line_colour, alpha=0.2, linewidth=0)
+        drawn = True
+    return drawn
+
+
+def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, drawn: bool) -> Path:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no data logged", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def accuracy_figure(
+    runs_by_algo, x: str, path: Path, target: float | None, xlabel: str, time_axis: bool = False
+) -> Path:
+    """Validation accuracy against ``x`` (a column, or None for the step), with the target as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    scale, unit = 1.0, ""
+    if time_axis:
+        longest = max(
+            (float(run[x].max()) for runs in runs_by_algo.values() for run in runs if x in run), default=0.0
+        )
+        scale, unit = _time_unit(longest)
+        xlabel = f"{xlabel} ({unit})"
+    drawn = _draw(ax, runs_by_algo, "val_accuracy", x, x_scale=scale)
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.3f}")
+        ax.legend(fontsize=8)
+    return _finish(
+        fig, ax, path, f"Validation accuracy (mean, band: {SPREAD})", xlabel, "validation accuracy", drawn
+    )
+
+
+def metric_figure(runs_by_algo, y: str, path: Path, title: str, ylabel: str) -> Path:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = _draw(ax, runs_by_algo, y, None)
+    return _finish(fig, ax, path, f"{title} (mean, band: {SPREAD})", "training step", ylabel, drawn)
+
+
+def advantage_figure(runs_by_algo, std_keys: list[str], path: Path) -> Path:
+    """Left: std over the batch of the per-rollout advantage A_i, for each algorithm that logs it (the first of
+    ``std_keys`` its runs have). Right: verl's token-advantage max and min, every algorithm."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    drawn_left = False
+    for algo, runs in runs_by_algo.items():
+        key = next((k for k in std_keys if runs and all(k in run.columns for run in runs)), None)
+        if key is not None:
+            drawn_left |= _draw(left, {algo: runs}, key, None, label_suffix=f" {key}")
+    left.set_title(f"Per-rollout advantage std (band: {SPREAD})", fontsize=10)
+    left.set_xlabel("training step")
+    left.set_ylabel("std of A_i over the batch")
+    left.grid(alpha=0.3)
+    if drawn_left:
+        left.legend(fontsize=8)
+    else:
+        left.text(
+            0.5,
+            0.5,
+            "no algorithm logged an advantage std",
+            ha="center",
+            va="center",
+            transform=left.transAxes,
+        )
+    drawn_max = _draw(right, runs_by_algo, "critic/advantages/max", None, label_suffix=" max")
+    drawn_min = _draw(right, runs_by_algo, "critic/advantages/min", None, label_suffix=" min", linestyle="--")
+    return _finish(
+        fig, right, path, "Token advantage max / min", "training step", "advantage", drawn_max or drawn_min
+    )
+
+
+def probe_figure(runs: list[pd.DataFrame], path: Path) -> Path:
+    """POISE: the probe's mean prediction against the realised mean reward, and the probe's Pearson r."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    drawn = _draw(
+        left,
+        {"poise": runs},
+        "poise/prediction_mean",
+        None,
+        label_suffix=" prediction_mean",
+        colour="tab:blue",
+    )
+    drawn |= _draw(
+        left,
+        {"poise": runs},
+        "poise/reward_mean",
+        None,
+        label_suffix=" reward_mean",
+        linestyle="--",
+        colour="tab:red",
+    )
+    left.set_title(f"Probe prediction vs realised reward (band: {SPREAD})", fontsize=10)
+    left.set_xlabel("training step")
+    left.set_ylabel("batch mean")
+    left.grid(alpha=0.3)
+    if drawn:
+        left.legend(fontsize=8)
+    drawn_r = _draw(right, {"poise": runs}, "poise/probe_pearson", None)
+    return _finish(
+        fig, right, path, "Probe baseline vs reward: Pearson r", "training step", "Pearson r", drawn_r
+    )

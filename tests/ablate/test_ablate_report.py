@@ -1,0 +1,326 @@
+"""The report stage on synthetic runs whose every number is computed by hand below, the merge of resumed
+launches, and the driver's skip/resume logic with a stand-in for the main job (a real subprocess that writes
+metrics like verl's file logger; the real main job runs in test_ablate_e2e.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from ablate_helpers import BUDGET, algo_config, mark_done, write_launch
+
+from poise_verl import ablate
+
+VAL = "val-core/tiny_arithmetic/acc/mean@1"
+
+# Per (algo, seed): validation accuracy at steps 0, 2, 4; seconds per step and per validation; mean response
+# length; DAPO groups dropped at step 1.
+SYNTHETIC = {
+    ("poise", 0): {"acc": (0.2, 0.5, 0.7), "step_s": 1.0, "test_s": 0.5, "length": 10.0, "dropped": 0},
+    ("poise", 1): {"acc": (0.1, 0.3, 0.6), "step_s": 2.0, "test_s": 0.5, "length": 10.0, "dropped": 0},
+    ("dapo", 0): {"acc": (0.2, 0.4, 0.6), "step_s": 3.0, "test_s": 1.0, "length": 20.0, "dropped": 1},
+    ("dapo", 1): {"acc": (0.1, 0.5, 0.7), "step_s": 3.0, "test_s": 1.0, "length": 20.0, "dropped": 0},
+}
+
+
+def synthetic_rows(algo: str, acc, step_s, test_s, length, dropped) -> dict[int, dict[str, float]]:
+    rows = {0: {VAL: acc[0]}}
+    for step in range(1, 5):
+        row = {
+            "timing_s/step": step_s,
+            "response_length/mean": length,
+            "actor/grad_norm": 0.1 * step,
+            "critic/advantages/max": 1.0,
+            "critic/advantages/min": -1.0,
+        }
+        if step % 2 == 0:
+            row.update({VAL: acc[step // 2], "timing_s/testing": test_s})
+        if algo == "dapo" and step == 1 and dropped:
+            row["training/filter_groups/evicted_samples"] = dropped
+        if algo == "poise":
+            row.update(
+                {
+                    "poise/adv_std": 0.4,
+                    "poise/reward_mean": 0.5,
+                    "poise/prediction_mean": 0.45,
+                    "poise/probe_pearson": 0.3,
+                }
+            )
+        rows[step] = row
+    return rows
+
+
+def synthetic_ablation(output: Path, algos=("poise", "dapo")) -> list[ablate.Run]:
+    configs = {"poise": algo_config(n=2), "dapo": algo_config(n=16), "grpo": algo_config(n=16)}
+    runs = ablate.plan(list(algos), [0, 1], output, ["budget.rollouts_per_step=16"], configs)
+    for run in runs:
+        if (run.algo, run.seed) in SYNTHETIC:
+            write_launch(
+                run.folder, "20260101-000000-1", synthetic_rows(run.algo, **SYNTHETIC[(run.algo, run.seed)])
+            )
+            mark_done(run, wall_clock_s=60.0 + run.seed)
+    return runs
+
+
+def test_report_numbers_match_hand_computed_values(tmp_path):
+    runs = synthetic_ablation(tmp_path, algos=("poise", "dapo", "grpo"))
+    results = ablate.collect(runs)
+    summary = ablate.write_report(
+        results, ["poise", "dapo", "grpo"], tmp_path / "report", target_accuracy=None
+    )
+
+    # Target: DAPO's mean final accuracy, (0.6 + 0.7) / 2.
+    assert summary["target_accuracy"]["value"] == pytest.approx(0.65)
+    assert "dapo" in summary["target_accuracy"]["source"]
+
+    poise, dapo = summary["algorithms"]["poise"], summary["algorithms"]["dapo"]
+    assert poise["final_accuracy"]["mean"] == pytest.approx(0.65)
+    assert poise["final_accuracy"]["sd"] == pytest.approx(math.sqrt(2 * 0.05**2))
+    assert poise["start_accuracy"]["mean"] == pytest.approx(0.15)
+    assert [r["final_accuracy"] for r in poise["runs"]] == pytest.approx([0.7, 0.6])
+
+    # Training wall-clock from the metrics: 4 steps + 2 validations. POISE seed 0: 4 x 1 + 2 x 0.5 = 5 s;
+    # seed 1: 4 x 2 + 1 = 9 s; DAPO: 4 x 3 + 2 x 1 = 14 s. Process wall-clock: the attempts' 60 and 61 s.
+    assert [r["train_wall_clock_s"] for r in poise["runs"]] == pytest.approx([5.0, 9.0])
+    assert [r["process_wall_clock_s"] for r in poise["runs"]] == pytest.approx([60.0, 61.0])
+    # Tokens: 4 steps x 16 rollouts x length; DAPO seed 0 also 1 dropped group x 16 rollouts at step 1.
+    assert [r["generated_tokens"] for r in poise["runs"]] == pytest.approx([640.0, 640.0])
+    assert [r["generated_tokens"] for r in dapo["runs"]] == pytest.approx(
+        [(4 * 16 + 16) * 20.0, 4 * 16 * 20.0]
+    )
+
+    # The seed-mean curves reach 0.65 at step 4 (step 2: POISE 0.4, DAPO 0.45).
+    assert poise["to_target"]["step"] == 4 and dapo["to_target"]["step"] == 4
+    assert poise["to_target"]["wall_clock_s"] == pytest.approx(7.0)
+    assert dapo["to_target"]["wall_clock_s"] == pytest.approx(14.0)
+    assert poise["to_target"]["tokens"] == pytest.approx(640.0)
+    assert dapo["to_target"]["tokens"] == pytest.approx((1600.0 + 1280.0) / 2)
+    ratio = summary["ratios"]["poise/dapo"]
+    assert ratio["wall_clock_s"] == pytest.approx(0.5)
+    assert ratio["tokens"] == pytest.approx(640.0 / 1440.0)
+
+    # Per seed: POISE seed 1 ends at 0.6 and never reaches 0.65.
+    assert poise["runs"][0]["to_target"] == {"step": 4, "wall_clock_s": 5.0, "tokens": 640.0}
+    assert poise["runs"][1]["to_target"] is None
+    assert poise["seeds_reaching_target"] == 1
+
+    # GRPO has no runs: reported, not invented.
+    assert summary["algorithms"]["grpo"]["runs"] == []
+    assert any("No metrics for: grpo" in note for note in summary["caveats"])
+    assert any("2 seed(s)" in note for note in summary["caveats"])
+    assert any("val_max_samples=16" in note for note in summary["caveats"])
+
+    report = tmp_path / "report"
+    for name in summary["plots"]:
+        assert (report / name).stat().st_size > 5000, name
+    assert {
+        "accuracy_vs_wall_clock.png",
+        "accuracy_vs_tokens.png",
+        "grad_norm.png",
+        "advantages.png",
+        "poise_probe.png",
+    } <= set(summary["plots"])
+    on_disk = json.loads((report / "summary.json").read_text())  # strict JSON: no NaN anywhere
+    assert on_disk["ratios"]["poise/dapo"]["wall_clock_s"] == pytest.approx(0.5)
+    markdown = (report / "summary.md").read_text()
+    assert (
+        "0.650 ± 0.071" in markdown
+        and "not reached" in markdown
+        and "poise/dapo: wall-clock 0.50x" in markdown
+    )
+
+
+def test_an_unreachable_target_is_reported_as_not_reached(tmp_path):
+    runs = synthetic_ablation(tmp_path)
+    summary = ablate.write_report(
+        ablate.collect(runs), ["poise", "dapo"], tmp_path / "report", target_accuracy=0.9
+    )
+    assert summary["target_accuracy"] == {"value": 0.9, "source": "--target-accuracy"}
+    for algo in ("poise", "dapo"):
+        assert summary["algorithms"][algo]["to_target"] is None
+        assert summary["algorithms"][algo]["seeds_reaching_target"] == 0
+    assert summary["ratios"]["poise/dapo"] == {
+        "wall_clock_s": None,
+        "tokens": None,
+        "note": "poise: not reached; dapo: not reached",
+    }
+    markdown = (tmp_path / "report" / "summary.md").read_text()
+    assert markdown.count("not reached") >= 6
+    json.loads((tmp_path / "report" / "summary.json").read_text())
+
+
+def test_a_resumed_launch_replaces_the_steps_it_redid(tmp_path):
+    """Launch 1 logged steps 0-3 and died (checkpoint at step 2); launch 2 resumed at 2 and ran 3-4."""
+    write_launch(
+        tmp_path,
+        "20260101-000000-1",
+        {
+            0: {VAL: 0.1},
+            1: {"timing_s/step": 1.0},
+            2: {"timing_s/step": 1.0, "timing_s/testing": 0.5, VAL: 0.3},
+            3: {"timing_s/step": 9.0, "lost/metric": 1.0},
+        },
+    )
+    write_launch(
+        tmp_path,
+        "20260101-000500-2",
+        {
+            2: {VAL: 0.31},  # verl validates again on resume, at the checkpoint's step
+            3: {"timing_s/step": 2.0},
+            4: {"timing_s/step": 2.0, "timing_s/testing": 0.5, VAL: 0.5},
+        },
+    )
+    frame = ablate.load_metrics(tmp_path)
+    assert list(frame.index) == [0, 1, 2, 3, 4]
+    assert frame.loc[2, "timing_s/step"] == 1.0 and frame.loc[2, VAL] == 0.31
+    assert frame.loc[3, "timing_s/step"] == 2.0 and "lost/metric" not in frame.columns
+    derived = ablate.add_derived_columns(frame, algo_config(n=2))
+    # 1 + (1 + 0.5) + 2 + (2 + 0.5): the lost 9 s of the interrupted step 3 are not training time.
+    assert list(derived["train_wall_clock_s"]) == pytest.approx([0.0, 1.0, 2.5, 4.5, 7.0])
+
+
+def test_validation_accuracy_averages_data_sources_and_prefers_acc(tmp_path):
+    write_launch(
+        tmp_path,
+        "1",
+        {
+            0: {
+                "val-core/aime/acc/mean@4": 0.2,
+                "val-core/aime/acc/maj@4/mean": 0.9,
+                "val-core/amc/acc/mean@4": 0.4,
+                "val-core/other/reward/mean@1": 0.6,
+                "val-core/amc/reward/mean@4": 0.99,
+                "val-aux/aime/score/mean@4": 0.7,
+            }
+        },
+    )
+    accuracy = ablate.validation_accuracy(ablate.load_metrics(tmp_path))
+    assert accuracy.loc[0] == pytest.approx((0.2 + 0.4 + 0.6) / 3)
+    assert (
+        ablate.validation_accuracy(ablate.load_metrics(tmp_path), "val-core/amc/reward/mean@4").loc[0] == 0.99
+    )
+
+
+FAKE_MAIN = textwrap.dedent('''
+    """Stand-in for `python -m poise_verl.main`: logs metrics like verl's file logger. FAIL_ONCE_FLAG: the first
+    launch of that run dies after step 1, as an interrupted run would."""
+    import json, os, sys, time
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    folder = args["trainer.default_local_dir"]
+    os.makedirs(os.path.join(folder, "metrics"), exist_ok=True)
+    flag = os.path.join(folder, "failed_once")
+    fail = args.get("data.seed") == os.environ["FAIL_SEED"] and not os.path.exists(flag)
+    first = 1 if os.path.exists(flag) else 0
+    with open(os.path.join(folder, "metrics", f"{time.time_ns()}.jsonl"), "w") as out:
+        for step in range(first, 3):
+            data = {"timing_s/step": 1.0, "response_length/mean": 4.0}
+            if step % 2 == 0:
+                data["val-core/x/acc/mean@1"] = 0.1 * step
+            out.write(json.dumps({"step": step, "data": data}) + "\\n")
+            if fail and step == 1:
+                open(flag, "w").close()
+                print("dying at step 1", flush=True)
+                sys.exit(3)
+    print("finished", args["algo"], flush=True)
+''')
+
+
+def test_finished_runs_are_skipped_and_an_interrupted_one_is_relaunched(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "fake_main.py"
+    fake.write_text(FAKE_MAIN)
+    monkeypatch.setenv("FAIL_SEED", "1")
+    configs = {"poise": algo_config(n=2)}
+    runs = [
+        dataclasses.replace(r, program=(str(fake),))
+        for r in ablate.plan(["poise"], [0, 1], tmp_path / "abl", [], configs)
+    ]
+    good, flaky = runs
+
+    failed = ablate.run_all(runs, use_ray_temp_dir=False)
+    assert failed == [flaky]
+    assert good.status() == "done" and flaky.status() == "partial"
+    marker = json.loads((good.folder / ablate.DONE_MARKER).read_text())
+    assert marker["launches"] == 1 and marker["wall_clock_s"] > 0
+    assert marker["command"][:2] == [sys.executable, str(fake)]
+    assert "finished poise" in (good.folder / "log.txt").read_text()
+    assert [a["returncode"] for a in ablate.attempts(flaky.folder)] == [3]
+
+    failed = ablate.run_all(runs, use_ray_temp_dir=False)
+    assert failed == []
+    assert len(ablate.attempts(good.folder)) == 1  # skipped: not launched again
+    assert [a["returncode"] for a in ablate.attempts(flaky.folder)] == [3, 0]
+    marker = json.loads((flaky.folder / ablate.DONE_MARKER).read_text())
+    assert marker["launches"] == 2
+    assert marker["wall_clock_s"] == pytest.approx(
+        sum(a["wall_clock_s"] for a in ablate.attempts(flaky.folder))
+    )
+    log = (flaky.folder / "log.txt").read_text()
+    assert log.count("===== ablate launch") == 2 and "dying at step 1" in log
+    # Both launches' metrics merge into one trajectory 0..2, the redone step 1 counted once.
+    frame = ablate.add_derived_columns(ablate.load_metrics(flaky.folder), configs["poise"])
+    assert list(frame["train_wall_clock_s"]) == pytest.approx([0.0, 1.0, 2.0])
+
+    capsys.readouterr()
+    assert ablate.run_all(runs, use_ray_temp_dir=False) == []
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, skipped") == 2
+    assert "[1/2] poise seed 0" in out
+
+    # The same folder with other overrides is refused rather than mixed.
+    other = ablate.plan(["poise"], [0], tmp_path / "abl", ["trainer.total_training_steps=9"], configs)[0]
+    with pytest.raises(SystemExit, match="other overrides"):
+        ablate.check_folder(other)
+
+
+def test_seed_overrides_and_owned_keys(tmp_path):
+    config = algo_config(n=2, logger=("console", "wandb"))
+    (run,) = ablate.plan(["poise"], [7], tmp_path, ["+recipe=x"], {"poise": config})
+    assert run.overrides[:2] == ("algo=poise", "+recipe=x")
+    for key in config.seed_keys:
+        assert f"{key}=7" in run.overrides
+    assert f"trainer.default_local_dir={tmp_path / 'runs' / 'poise' / 'seed_7'}" in run.overrides
+    assert "trainer.experiment_name=tiny_seed7" in run.overrides
+    assert "trainer.logger=[console,wandb,file]" in run.overrides  # the report needs the file logger
+    with pytest.raises(SystemExit, match="--seeds"):
+        ablate.check_extra_overrides(["data.seed=3"])
+    with pytest.raises(SystemExit, match="--output"):
+        ablate.check_extra_overrides(["trainer.default_local_dir=/x"])
+    with pytest.raises(SystemExit, match="unknown algorithm"):
+        ablate.main(["--algos", "poise,ppo", "--dry-run"])
+
+
+def test_report_only_from_the_command_line(tmp_path, capsys):
+    """`--report-only` composes the real configs, finds the runs by their overrides and writes the report."""
+    output = tmp_path / "abl"
+    configs = {
+        a: ablate.read_algo_config(a, [f"budget.rollouts_per_step={BUDGET}"]) for a in ("poise", "dapo")
+    }
+    assert (configs["poise"].n, configs["dapo"].n) == (2, 16)
+    assert "poise.probe.seed" in configs["poise"].seed_keys and "data.seed" in configs["dapo"].seed_keys
+    for run in ablate.plan(
+        ["poise", "dapo"], [0, 1], output, [f"budget.rollouts_per_step={BUDGET}"], configs
+    ):
+        write_launch(run.folder, "1", synthetic_rows(run.algo, **SYNTHETIC[(run.algo, run.seed)]))
+        mark_done(run, wall_clock_s=1.0)
+    code = ablate.main(
+        [
+            "--algos",
+            "poise,dapo",
+            "--seeds",
+            "0,1",
+            "--output",
+            str(output),
+            "--report-only",
+            "--",
+            f"budget.rollouts_per_step={BUDGET}",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((output / "report" / "summary.json").read_text())
+    assert summary["ratios"]["poise/dapo"]["wall_clock_s"] == pytest.approx(0.5)
+    assert "poise/dapo wall-clock to target: 0.50" in capsys.readouterr().out

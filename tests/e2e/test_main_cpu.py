@@ -1,0 +1,121 @@
+"""The main job trains for real on this CPU machine through verl's own trainer, with POISE or DAPO.
+
+Each test launches `python -m poise_verl.main` (nothing mocked): Ray on loopback, verl's FSDP2 actor worker
+group, the transformers rollout server, the feature-capture engine, the probe worker and the replay-buffer
+actor. The assertions are what a user would check: metrics exist and are finite, the probe was refit, the
+policy's weights moved, a resumed run continues at the next step with its buffer.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from e2e_runner import assert_finite, run_main
+from safetensors.torch import load_file
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+POISE_KEYS = [
+    "poise/probe_mae",
+    "poise/probe_pearson",
+    "poise/buffer_rows",
+    "poise/adv_std",
+    "poise/probe_refit",
+    "timing_s/gen",
+    "timing_s/old_log_prob",
+    "timing_s/adv",
+    "timing_s/update_actor",
+    "timing_s/probe_predict",
+    "timing_s/probe_refit_wait",
+    "actor/pg_loss",
+    "actor/grad_norm",
+]
+
+
+def _weights(path):
+    state = torch.load(path, weights_only=False)
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in state.items()}
+
+
+def test_poise_trains_saves_and_resumes(tiny_assets, tmp_path):
+    first = run_main(["trainer.total_training_steps=3", "trainer.save_freq=3"], tmp_path)
+    assert first.returncode == 0, first.log[-4000:]
+    metrics = first.metrics()
+    assert any(k.startswith("val-core/") for k in metrics[0]), "no validation before training"
+    # Step 1 is a bootstrap step (RLOO); from step 2 the probe, fitted on step 1's rows, gives the baselines.
+    assert metrics[1]["poise/phase_probe"] == 0.0 and metrics[2]["poise/phase_probe"] == 1.0
+    for step in (2, 3):
+        assert_finite(metrics[step], POISE_KEYS)
+    assert metrics[3]["poise/probe_num_fits"] == 3.0
+    assert metrics[3]["poise/buffer_rows"] == 3 * 16
+
+    # The actor's weights moved away from the tiny policy it started from.
+    initial = load_file(tiny_assets / "model" / "model.safetensors")
+    trained = _weights(first.checkpoint_dir / "global_step_3" / "actor" / "model_world_size_1_rank_0.pt")
+    moved = max((trained[k].float() - initial[k].float()).abs().max().item() for k in initial if k in trained)
+    assert moved > 0.0
+
+    # Resume: same folder, more steps. verl restores the actor; POISE restores probe and buffer.
+    second = run_main(["trainer.total_training_steps=4", "trainer.save_freq=4"], tmp_path)
+    assert second.returncode == 0, second.log[-4000:]
+    assert "Resuming from" in second.log and "global_step_3" in second.log
+    assert re.search(r"Restored POISE state from .*global_step_3.* \(48 buffer rows\)", second.log)
+    resumed = second.metrics()
+    assert 4 in resumed and resumed[4]["poise/buffer_rows"] == 4 * 16
+    assert resumed[4]["poise/probe_num_fits"] == 4.0
+    assert_finite(resumed[4], POISE_KEYS)
+
+
+def test_dapo_trains_at_the_same_rollout_budget(tiny_assets, tmp_path):
+    run = run_main(["algo=dapo", "trainer.total_training_steps=2", "trainer.save_freq=-1"], tmp_path)
+    assert run.returncode == 0, run.log[-4000:]
+    metrics = run.metrics()
+    for step in (1, 2):
+        assert_finite(metrics[step], ["actor/pg_loss", "actor/grad_norm", "critic/score/mean", "timing_s/gen"])
+        assert not any(k.startswith("poise/") for k in metrics[step])
+    # 16 rollouts per step, as for POISE: one prompt with n=16.
+    assert "'n': 16" in run.log or "n: 16" in run.log
+
+
+def test_dapo_stops_with_an_error_when_dynamic_sampling_cannot_fill_a_batch(tiny_assets, tmp_path):
+    always_zero = tmp_path / "zero_reward.py"
+    always_zero.write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n    return 0.0\n"
+    )
+    run = run_main(
+        [
+            "algo=dapo",
+            "trainer.total_training_steps=2",
+            "trainer.save_freq=-1",
+            "trainer.val_before_train=false",
+            "algorithm.filter_groups.max_num_gen_batches=2",
+            "reward.reward_kwargs.overlong_buffer_cfg.enable=false",
+            f"reward.custom_reward_function.path={always_zero}",
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    assert run.returncode != 0
+    assert "DAPO dynamic sampling could not fill step 1" in run.log
+
+
+def test_a_nan_reward_stops_the_run_naming_the_function(tiny_assets, tmp_path):
+    nan_reward = tmp_path / "nan_reward.py"
+    nan_reward.write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    return float('nan')\n"
+    )
+    run = run_main(
+        [
+            "trainer.total_training_steps=1",
+            "trainer.save_freq=-1",
+            "trainer.val_before_train=false",
+            f"reward.custom_reward_function.path={nan_reward}",
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    assert run.returncode != 0
+    assert re.search(r"reward of rollout \d+ \(uid=.*\) is nan: the reward function compute_score in .*nan_reward\.py", run.log)
