@@ -1,0 +1,70 @@
+import json
+import threading
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import poise_verl.tiny.build as tiny_build
+from poise_verl.tiny.model import count_parameters
+from poise_verl.tiny.sampling import pass_rates
+from poise_verl.tiny.task import generate_problems
+
+
+def test_model_loads_and_generates(tiny_assets):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets / "model")
+    model = AutoModelForCausalLM.from_pretrained(tiny_assets / "model")
+    assert model.config.model_type == "qwen3" and model.config.num_hidden_layers >= 4
+    assert count_parameters(model) < 3_000_000
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+    assert model.generation_config.eos_token_id == tokenizer.eos_token_id
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "12+34="}],
+        add_generation_prompt=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
+    out = model.generate(**prompt, max_new_tokens=8)
+    assert out.shape[0] == 1 and 1 <= out.shape[1] - prompt["input_ids"].shape[1] <= 8
+
+
+def test_build_info(tiny_assets):
+    info = json.loads((tiny_assets / "build_info.json").read_text())
+    assert info["seed"] == 0 and info["recipe_version"] == tiny_build.RECIPE_VERSION
+    assert set(info["measured"]) >= {"val_greedy_accuracy", "pass_rate_fraction_in_0.1_0.9"}
+    assert (tiny_assets / "model" / "model.safetensors").exists()
+
+
+def test_pass_rates_of_a_tiny_model(tiny_assets):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets / "model")
+    model = AutoModelForCausalLM.from_pretrained(tiny_assets / "model")
+    rates = pass_rates(model, tokenizer, generate_problems(5, seed=0), n=3, temperature=1.0)
+    assert len(rates) == 5 and all(r in (0, 1 / 3, 2 / 3, 1) for r in rates)
+
+
+def test_ensure_tiny_assets_builds_once(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_build(out, seed=0):
+        calls.append(out)
+        threading.Event().wait(0.2)  # long enough for the other thread to reach the lock
+        (out / "build_info.json").write_text("{}")
+        return out
+
+    monkeypatch.setattr(tiny_build, "build", fake_build)
+    target = tmp_path / "cache" / "tiny"
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(tiny_build.ensure_tiny_assets(target)))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [target, target] and len(calls) == 1
+    assert (target / "build_info.json").exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == [".tiny.lock", "tiny"]  # no staging dir left
+
+
+def test_cache_dir_follows_env_and_version(monkeypatch, tmp_path):
+    monkeypatch.setenv("POISE_VERL_CACHE", str(tmp_path))
+    assert tiny_build.default_cache_dir() == tmp_path / f"tiny-v{tiny_build.RECIPE_VERSION}"
