@@ -53,7 +53,9 @@ class PoiseSettings:
     @classmethod
     def from_config(cls, section: DictConfig | dict) -> PoiseSettings:
         raw: dict[str, Any] = (
-            OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+            OmegaConf.to_container(section, resolve=True)
+            if isinstance(section, DictConfig)
+            else dict(section)
         )
         known = set(cls.__dataclass_fields__)
         unknown = set(raw) - known
@@ -76,7 +78,9 @@ class PoiseSettings:
         if self.min_fit_rows < 2:
             raise ValueError(f"poise.min_fit_rows must be >= 2, got {self.min_fit_rows}")
         if not self.buffer.capacity or any(int(v) <= 0 for v in self.buffer.capacity.values()):
-            raise ValueError(f"poise.buffer.capacity must map domains to positive row counts, got {self.buffer.capacity}")
+            raise ValueError(
+                f"poise.buffer.capacity must map domains to positive row counts, got {self.buffer.capacity}"
+            )
 
 
 def _div(a: Any, b: Any) -> int:
@@ -129,9 +133,13 @@ def validate(config: DictConfig) -> None:
     if mode == POISE_TRAINER_MODE:
         settings = PoiseSettings.from_config(config.poise)
         if estimator != "poise":
-            raise ValueError(f"trainer.v1.trainer_mode=poise expects algorithm.adv_estimator=poise, got {estimator!r}")
+            raise ValueError(
+                f"trainer.v1.trainer_mode=poise expects algorithm.adv_estimator=poise, got {estimator!r}"
+            )
         if n < 2:
-            raise ValueError(f"POISE needs >= 2 rollouts per prompt (cross-rollout baseline): got rollout.n={n}")
+            raise ValueError(
+                f"POISE needs >= 2 rollouts per prompt (cross-rollout baseline): got rollout.n={n}"
+            )
         if config.algorithm.use_kl_in_reward:
             raise ValueError("POISE runs without a KL reward penalty: set algorithm.use_kl_in_reward=false")
         if config.algorithm.filter_groups.enable:
@@ -143,7 +151,9 @@ def validate(config: DictConfig) -> None:
                 "algorithm.rollout_correction.bypass_mode=true skips: set it to false"
             )
         if not config.actor_rollout_ref.model.get("use_remove_padding", True):
-            raise ValueError("POISE's feature capture reads the packed layout: set actor_rollout_ref.model.use_remove_padding=true")
+            raise ValueError(
+                "POISE's feature capture reads the packed layout: set actor_rollout_ref.model.use_remove_padding=true"
+            )
         del settings
     _check_micro_batches(config, n)
     platform = config.runtime.platform
@@ -159,9 +169,17 @@ def _check_micro_batches(config: DictConfig, n: int) -> None:
     rollouts_per_rank = int(config.data.train_batch_size) * n // world
     minibatch_per_rank = int(config.actor_rollout_ref.actor.ppo_mini_batch_size) * n // world
     checks = [
-        ("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", rollouts_per_rank, "rollouts per rank"),
+        (
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
+            rollouts_per_rank,
+            "rollouts per rank",
+        ),
         ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", rollouts_per_rank, "rollouts per rank"),
-        ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", minibatch_per_rank, "mini-batch rollouts per rank"),
+        (
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
+            minibatch_per_rank,
+            "mini-batch rollouts per rank",
+        ),
     ]
     for key, total, what in checks:
         micro = OmegaConf.select(config, key)

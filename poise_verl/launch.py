@@ -104,5 +104,7 @@ def run(config: DictConfig) -> None:
 
     import poise_verl.verl_ext.trainer  # noqa: F401  registers the trainer modes in the driver too
 
-    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    validate_config(
+        config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
+    )
     run_ppo(config, task_runner_class=TaskRunnerV1)
