@@ -21,8 +21,11 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
+# Timings as ratios in one run: feature capture vs the plain forward, probe work vs a step.
+# On a GPU machine: make bench BENCH_ARGS= (the full Qwen3-4B-shaped check, docs/PERFORMANCE.md).
+BENCH_ARGS ?= --quick
 bench: $(VENV)/.installed
-	$(PY) -m benchmarks.run_all
+	$(PY) -m benchmarks.gpu_check $(BENCH_ARGS) --out benchmarks/last_run.json
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check poise_verl tests benchmarks

@@ -184,7 +184,7 @@ def response_cut_at_last_token(
     """
     real = response_mask.to(torch.bool)
     lengths = real.sum(1).to(torch.int64)
-    if token_id is None:
+    if token_id is None or response_ids.shape[1] == 0:
         return lengths
     positions = torch.arange(response_ids.shape[1], device=response_ids.device).expand_as(response_ids)
     hits = torch.where(real & (response_ids == token_id), positions, torch.full_like(positions, -1))

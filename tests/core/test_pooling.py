@@ -213,3 +213,10 @@ def test_response_cut_at_last_end_of_thinking_token(seed):
     torch.testing.assert_close(padded.response, reference, atol=1e-6, rtol=0)
     torch.testing.assert_close(flat.prompt, padded.prompt, atol=1e-6, rtol=0)
     assert torch.equal(flat.response_empty, expected == 0)
+
+
+def test_response_cut_of_an_empty_response_block():
+    from poise_verl.core.pooling import response_cut_at_last_token
+
+    cut = response_cut_at_last_token(torch.zeros(3, 0, dtype=torch.int64), torch.zeros(3, 0), THINK)
+    assert torch.equal(cut, torch.zeros(3, dtype=torch.int64))
