@@ -51,7 +51,8 @@ from pathlib import Path
 
 import pandas as pd
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "hydra_configs"
+# poise_verl/hydra_configs links to the top-level hydra_configs/ in a checkout; a wheel carries the files.
+CONFIG_DIR = Path(__file__).resolve().parent / "hydra_configs"
 DEFAULT_ALGOS = ("poise", "dapo", "grpo")
 DEFAULT_SEEDS = (0, 1, 2)
 # The algorithm whose mean final accuracy is the default target, and the denominator of the ratios.

@@ -18,7 +18,7 @@ from poise_verl.launch import run
 register_resolvers()
 
 
-@hydra.main(config_path="../hydra_configs", config_name="poise_trainer", version_base=None)
+@hydra.main(config_path="hydra_configs", config_name="poise_trainer", version_base=None)
 def main(config: DictConfig) -> None:
     run(config)
 
