@@ -150,10 +150,6 @@ def validate(config: DictConfig) -> None:
                 "POISE reads its features from the old-log-prob forward pass, which "
                 "algorithm.rollout_correction.bypass_mode=true skips: set it to false"
             )
-        if not config.actor_rollout_ref.model.get("use_remove_padding", True):
-            raise ValueError(
-                "POISE's feature capture reads the packed layout: set actor_rollout_ref.model.use_remove_padding=true"
-            )
         del settings
     _check_micro_batches(config, n)
     platform = config.runtime.platform

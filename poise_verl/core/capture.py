@@ -8,13 +8,20 @@ and the GPU benchmark use the same hook.
 Ulysses sequence parallelism: after a decoder layer each rank holds a contiguous slice
 ``[rank * L, (rank + 1) * L)`` of the (padded) packed row, so each rank pools the positions it holds and the
 partial sums are all-reduced over the sequence-parallel group.
+
+Without remove-padding (``right_padded=True``) the layer output is ``(B, S, H)``: sample ``i``'s tokens sit
+at the start of row ``i``, as verl's FSDP engine lays them out when ``use_remove_padding=False``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from poise_verl.core.pooling import pool_at_positions, pooled_positions_packed
+from poise_verl.core.pooling import (
+    pool_at_positions,
+    pooled_positions_packed,
+    pooled_positions_right_padded_rows,
+)
 
 
 def decoder_layers(module: torch.nn.Module) -> torch.nn.ModuleList:
@@ -49,21 +56,37 @@ class PackedPoolingHook:
         response_pool_lengths: ``(B,)`` optional cut of the response pool (``response_cut_at_last_token``).
         sp_rank, sp_size, sp_group: Ulysses sequence-parallel layout; the layer output on this rank is the
             slice ``[sp_rank * L, (sp_rank + 1) * L)`` of the (padded) packed row.
+        right_padded: the layer output is ``(B, S, H)`` right-padded rows instead of one packed row
+            (verl's engine with ``use_remove_padding=False``); not combinable with sequence parallelism.
     """
 
     def __init__(
-        self, cu_seqlens, response_lengths, k, response_pool_lengths=None, sp_rank=0, sp_size=1, sp_group=None
+        self,
+        cu_seqlens,
+        response_lengths,
+        k,
+        response_pool_lengths=None,
+        sp_rank=0,
+        sp_size=1,
+        sp_group=None,
+        right_padded=False,
     ):
+        if right_padded and sp_size > 1:
+            raise ValueError("sequence parallelism splits the packed row: it needs the remove-padding layout")
+        self.cu_seqlens = cu_seqlens
         self.positions = pooled_positions_packed(cu_seqlens, response_lengths, k, response_pool_lengths)
+        self.right_padded = right_padded
         self.sp_rank, self.sp_size, self.sp_group = sp_rank, sp_size, sp_group
         self.prompt_features: torch.Tensor | None = None
         self.response_features: torch.Tensor | None = None
 
     def __call__(self, module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
+        p = self.positions
+        if self.right_padded:  # (B, S, H) rows -> the flattened (B * S) axis
+            p = pooled_positions_right_padded_rows(p, self.cu_seqlens, hidden.shape[1])
         hidden = hidden.reshape(-1, hidden.shape[-1])  # (1, nnz_local, H) -> (nnz_local, H)
         offset = self.sp_rank * hidden.shape[0]  # this rank's slice starts here in the packed row
-        p = self.positions
         pooled = []
         for index, weight in ((p.prompt_index, p.prompt_weight), (p.response_index, p.response_weight)):
             part = pool_at_positions(hidden, index.to(hidden.device), weight.to(hidden.device), offset=offset)

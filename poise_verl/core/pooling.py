@@ -45,6 +45,7 @@ __all__ = [
     "pool_padded",
     "pooled_positions_packed",
     "pooled_positions_padded",
+    "pooled_positions_right_padded_rows",
     "response_cut_at_last_token",
     "response_cut_at_last_token_packed",
 ]
@@ -166,6 +167,43 @@ def pooled_positions_packed(
         response_weight=response_weight,
         prompt_empty=prompt_lengths == 0,
         response_empty=response_pool_lengths == 0,
+    )
+
+
+def pooled_positions_right_padded_rows(
+    positions: PooledPositions, cu_seqlens: torch.Tensor, width: int
+) -> PooledPositions:
+    """Move packed positions onto right-padded rows: verl's engine layout without remove-padding.
+
+    With ``use_remove_padding=False`` verl's FSDP engine runs the model on ``(B, S)`` rows, sample ``i``'s
+    packed tokens ``[cu[i], cu[i+1])`` at columns ``[0, cu[i+1] - cu[i])`` of row ``i`` (prompt then response,
+    right-padded to ``S``). The packed position ``t`` of sample ``i`` becomes ``i * S + (t - cu[i])`` on the
+    flattened ``(B * S)`` axis.
+
+    Args:
+        positions: from ``pooled_positions_packed`` for the same ``cu_seqlens``.
+        cu_seqlens: ``(B + 1,)`` int cumulative lengths.
+        width: ``S``, the padded row length (at least the longest sample).
+
+    Returns:
+        PooledPositions addressing the flattened ``(B * S)`` token axis.
+    """
+    cu = cu_seqlens.to(torch.int64).reshape(-1).to(positions.prompt_index.device)
+    longest = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+    if width < longest:
+        raise ValueError(f"padded rows of width {width} cannot hold a sample of {longest} tokens")
+    shift = (torch.arange(cu.numel() - 1, device=cu.device) * width - cu[:-1]).unsqueeze(1)  # (B, 1)
+
+    def move(index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.where(weight > 0, index + shift, torch.zeros_like(index))
+
+    return PooledPositions(
+        prompt_index=move(positions.prompt_index, positions.prompt_weight),
+        prompt_weight=positions.prompt_weight,
+        response_index=move(positions.response_index, positions.response_weight),
+        response_weight=positions.response_weight,
+        prompt_empty=positions.prompt_empty,
+        response_empty=positions.response_empty,
     )
 
 

@@ -3,8 +3,9 @@
 POISE's features come from the forward pass the actor runs anyway to compute old log-probs: no second pass.
 :class:`PoiseFSDPEngine` is verl's own ``FSDPEngineWithLMHead`` with one change: when the micro-batch carries
 ``poise_capture_layer`` (set by the POISE trainer for the old-log-prob pass only), a forward hook on that
-decoder layer pools the last-k prompt and last-k response positions of the packed (remove-padding) row with
-:func:`poise_verl.core.pooling.pool_packed`, and the pooled rows are added to ``model_output``. verl returns
+decoder layer pools the last-k prompt and last-k response positions of the packed (remove-padding) row, or of
+the right-padded rows verl builds without remove-padding (:class:`poise_verl.core.capture.PackedPoolingHook`),
+and the pooled rows are added to ``model_output``. verl returns
 every key of ``model_output`` to the caller, so the features travel back with the old log-probs.
 
 The reference model's pass and the training passes run the same ``forward_step`` but never carry the flag
@@ -55,11 +56,8 @@ class PoiseFSDPEngine(FSDPEngineWithLMHead):
         if layer_index is None or not forward_only:
             return super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
 
-        if not tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True):
-            raise ValueError(
-                "poise feature capture reads the packed (remove-padding) layout: set "
-                "actor_rollout_ref.model.use_remove_padding=True"
-            )
+        # Without remove-padding verl runs the model on right-padded (B, S) rows built from the same nested batch.
+        right_padded = not tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
         layers = decoder_layers(self.module)
         if not 0 <= int(layer_index) < len(layers):
             raise ValueError(
@@ -89,6 +87,7 @@ class PoiseFSDPEngine(FSDPEngineWithLMHead):
             sp_rank=sp_rank,
             sp_size=sp_size,
             sp_group=sp_group,
+            right_padded=right_padded,
         )
         handle = layers[int(layer_index)].register_forward_hook(hook)
         try:

@@ -14,6 +14,7 @@ from poise_verl.core.pooling import (
     pool_packed,
     pool_padded,
     pooled_positions_packed,
+    pooled_positions_right_padded_rows,
 )
 
 
@@ -149,6 +150,26 @@ def test_sequence_parallel_slices_sum_to_full_pool(num_slices):
     torch.testing.assert_close(full, pool_packed(packed, cu, response_lengths, 10).response)
 
 
+def test_right_padded_rows_match_packed():
+    """verl's engine without remove-padding: sample i's packed tokens at the start of row i, then padding."""
+    lengths = [(7, 3), (0, 12), (14, 0), (2, 2), (11, 9)]
+    _, _, _, _, _, packed, cu, response_lengths = make_batch(lengths, seed=4)
+    width = int((cu[1:] - cu[:-1]).max()) + 3
+    rows = torch.full((len(lengths), width, packed.shape[1]), 1e4)  # garbage in the padding
+    for i in range(len(lengths)):
+        rows[i, : cu[i + 1] - cu[i]] = packed[cu[i] : cu[i + 1]]
+    cut = torch.tensor([2, 0, 0, 1, 9])
+    want = pool_packed(packed, cu, response_lengths, 10, cut)
+    positions = pooled_positions_right_padded_rows(pooled_positions_packed(cu, response_lengths, 10, cut), cu, width)
+    flat = rows.reshape(-1, packed.shape[1])
+    torch.testing.assert_close(pool_at_positions(flat, positions.prompt_index, positions.prompt_weight), want.prompt)
+    torch.testing.assert_close(
+        pool_at_positions(flat, positions.response_index, positions.response_weight), want.response
+    )
+    with pytest.raises(ValueError, match="cannot hold"):
+        pooled_positions_right_padded_rows(pooled_positions_packed(cu, response_lengths, 10), cu, width - 4)
+
+
 def test_non_contiguous_mask_uses_last_real_tokens():
     generator = torch.Generator().manual_seed(7)
     hidden = torch.randn(3, 20, 4, generator=generator)
@@ -188,7 +209,7 @@ def _loop_cut(ids, token_id):
 def test_response_cut_at_last_end_of_thinking_token(seed):
     generator = torch.Generator().manual_seed(seed)
     lengths = [(int(p), int(r)) for p, r in torch.randint(0, 14, (6, 2), generator=generator)]
-    prompts, responses, hidden, mask, width_p, packed, cu, response_lengths = make_batch(lengths, seed=seed)
+    _prompts, responses, hidden, mask, width_p, packed, cu, response_lengths = make_batch(lengths, seed=seed)
     # Token ids: random small ids so THINK appears zero, one or several times in a response (and in prompts,
     # where it must be ignored).
     ids = [torch.randint(0, 10, (p + r,), generator=generator) for p, r in lengths]
