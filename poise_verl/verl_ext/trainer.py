@@ -260,14 +260,14 @@ class PoiseTrainer(SyncTrainer):
         for uid in dict.fromkeys(uids.tolist()):
             rows = torch.as_tensor(np.flatnonzero(uids == uid))
             groups.append(
-                dict(
-                    uid=str(uid),
-                    domain=domains[int(rows[0])],
-                    prompt_feats=prompt_features[rows],
-                    response_feats=response_features[rows],
-                    scalar_feats=scalar_features[rows],
-                    targets=targets[rows],
-                )
+                {
+                    "uid": str(uid),
+                    "domain": domains[int(rows[0])],
+                    "prompt_feats": prompt_features[rows],
+                    "response_feats": response_features[rows],
+                    "scalar_feats": scalar_features[rows],
+                    "targets": targets[rows],
+                }
             )
         rows_held = self.replay_buffer_actor.add_groups.remote(groups)
         # Passing rows_held as an argument makes Ray run the refit after the push has landed.

@@ -56,7 +56,9 @@ def run_main(args: list[str], workdir: Path, timeout: int = 420) -> Run:
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline")
     try:
-        out = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(
+            command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
     log = out.stdout + out.stderr
