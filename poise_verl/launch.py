@@ -51,6 +51,34 @@ def check_hardware(config: DictConfig) -> None:
         )
 
 
+def cluster_address(config: DictConfig) -> str | None:
+    """The running Ray cluster this launch joins (``ray_kwargs.ray_init.address`` or ``RAY_ADDRESS``), if any."""
+    address = config.ray_kwargs.get("ray_init", {}).get("address") or os.environ.get("RAY_ADDRESS")
+    return None if address in (None, "", "local") else str(address)
+
+
+def leave_resources_to_cluster(config: DictConfig) -> None:
+    """Joining a running cluster: its nodes declared their CPUs and GPUs at ``ray start``.
+
+    The CPU platform declares logical CPUs and one logical GPU for the local cluster Ray starts itself; Ray
+    refuses both when connecting to an existing cluster, so they are dropped here (with a note).
+    """
+    address = cluster_address(config)
+    if address is None:
+        return
+    ray_init = config.ray_kwargs.ray_init
+    dropped = {key: ray_init.get(key) for key in ("num_cpus", "num_gpus") if ray_init.get(key) is not None}
+    if dropped:
+        with open_dict(config):
+            for key in dropped:
+                ray_init[key] = None
+        print(
+            f"poise-verl: joining the Ray cluster at {address}; its nodes declare their own resources, so "
+            f"ray_kwargs.ray_init {dropped} is not passed to ray.init",
+            flush=True,
+        )
+
+
 def metrics_file(config: DictConfig) -> str:
     """Where verl's ``file`` logger writes: one new JSONL per launch beside the checkpoints.
 
@@ -81,6 +109,7 @@ def prepare(config: DictConfig) -> DictConfig:
     ensure_tiny_assets_if_used(config)
     validate(config)
     check_hardware(config)
+    leave_resources_to_cluster(config)
     with open_dict(config):
         # Ray workers do not share the driver's working directory: make the run's paths absolute.
         config.trainer.default_local_dir = os.path.abspath(config.trainer.default_local_dir)
@@ -89,10 +118,16 @@ def prepare(config: DictConfig) -> DictConfig:
     os.makedirs(os.path.dirname(env["VERL_FILE_LOGGER_PATH"]), exist_ok=True)
     os.environ.update(env)  # the driver imports verl after this
     with open_dict(config):
-        runtime_env = config.ray_kwargs.ray_init.setdefault("runtime_env", {})
-        env_vars = runtime_env.setdefault("env_vars", {})
+        # Every Ray process gets these through ray.init's runtime_env. (A local cluster would also inherit the
+        # driver's environment; the nodes of a cluster started with `ray start` do not.) Assigned key by key:
+        # DictConfig.setdefault returns a detached copy, so writing into its result would be lost.
+        ray_init = config.ray_kwargs.ray_init
+        if ray_init.get("runtime_env") is None:
+            ray_init.runtime_env = {}
+        if ray_init.runtime_env.get("env_vars") is None:
+            ray_init.runtime_env.env_vars = {}
         for key, value in env.items():
-            env_vars[key] = value
+            ray_init.runtime_env.env_vars[key] = value
     return config
 
 
