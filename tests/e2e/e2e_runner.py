@@ -45,15 +45,19 @@ class Run:
         return steps
 
 
-def run_main(args: list[str], workdir: Path, timeout: int = 420) -> Run:
-    """`python -m poise_verl.main ARGS` in WORKDIR, checkpoints under WORKDIR/ckpt."""
+def run_main(args: list[str], workdir: Path, timeout: int = 420, small: list[str] = SMALL) -> Run:
+    """`python -m poise_verl.main ARGS` in WORKDIR, checkpoints under WORKDIR/ckpt.
+
+    Ray starts its own cluster in a short temp dir, unless ARGS join a running one (ray_init.address).
+    """
     ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     checkpoint_dir = workdir / "ckpt"
     command = [
-        sys.executable, "-m", "poise_verl.main", *SMALL, *args,
+        sys.executable, "-m", "poise_verl.main", *small, *args,
         f"trainer.default_local_dir={checkpoint_dir}",
-        f"+ray_kwargs.ray_init._temp_dir={ray_dir}",
     ]
+    if not any("ray_init.address=" in arg for arg in args):
+        command.append(f"+ray_kwargs.ray_init._temp_dir={ray_dir}")
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline")
     try:
         out = subprocess.run(
