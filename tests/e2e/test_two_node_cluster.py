@@ -33,10 +33,18 @@ SCRIPTS = REPO / "recipes" / "multinode"
 NODES = 2
 
 
+_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before in this process (the cluster needs about 15 distinct ones)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def _node_ports(worker_ports: tuple[int, int]) -> list[str]:
@@ -54,6 +62,17 @@ def _node_ports(worker_ports: tuple[int, int]) -> list[str]:
         )
     ]
     return [*args, f"--min-worker-port={worker_ports[0]}", f"--max-worker-port={worker_ports[1]}"]
+
+
+def _worker_port_ranges() -> list[tuple[int, int]]:
+    """One range per node for Ray's worker processes, just below the kernel's ephemeral ports: the other ports
+    come from _free_port (ephemeral), so a range inside that space can collide with them."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low = int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default lower bound
+    return [(low - 1000 * (NODES - i), low - 1000 * (NODES - i - 1) - 1) for i in range(NODES)]
 
 
 def _alive_nodes(address: str) -> list[dict]:
@@ -113,15 +132,15 @@ def two_node_cluster(tmp_path, monkeypatch):
         )
 
     try:
-        # Worker-port ranges: separate for the two nodes, away from the GCS port.
+        head_ports, worker_ports = _worker_port_ranges()
         head_only = ["--include-dashboard=false", f"--ray-client-server-port={_free_port()}"]
-        start("start_ray_head.sh", *head_only, *_node_ports((41000, 41999)))
+        start("start_ray_head.sh", *head_only, *_node_ports(head_ports))
         deadline = time.monotonic() + 300  # generous: a loaded 2-core machine starts Ray slowly
         while not _alive_nodes(address):
             assert time.monotonic() < deadline, (tmp_path / "start_ray_head.sh.log").read_text()[-3000:]
             assert processes[0].poll() is None, (tmp_path / "start_ray_head.sh.log").read_text()[-3000:]
             time.sleep(2)
-        start("start_ray_worker.sh", address, *_node_ports((42000, 42999)))
+        start("start_ray_worker.sh", address, *_node_ports(worker_ports))
         while len(nodes := _alive_nodes(address)) < NODES:
             assert time.monotonic() < deadline + 300, (tmp_path / "start_ray_worker.sh.log").read_text()[-3000:]
             assert processes[1].poll() is None, (tmp_path / "start_ray_worker.sh.log").read_text()[-3000:]
