@@ -508,6 +508,24 @@ def _parquet_rows(paths) -> int | None:
         return None
 
 
+# verl's per-phase timings worth comparing across algorithms (median over the run's steps, seconds).
+PHASES = ("step", "gen", "old_log_prob", "update_actor", "testing")
+
+
+def phase_medians(frame: pd.DataFrame) -> dict[str, float | None]:
+    """Median of each ``timing_s/<phase>`` over the training steps (validations for ``testing``).
+
+    The median of ``testing`` also gauges how busy the machine was: every algorithm validates the same prompts.
+    """
+    medians = {}
+    for phase in PHASES:
+        column = f"timing_s/{phase}"
+        values = frame[column].dropna() if column in frame else pd.Series(dtype=float)
+        values = values[values.index > 0]
+        medians[phase] = float(values.median()) if not values.empty else None
+    return medians
+
+
 def summarise(results: list[RunResult], algos: list[str], target_accuracy: float | None) -> dict:
     """Everything summary.md and summary.json say, as one JSON-able dict (None where not available)."""
     by_algo = {algo: [r for r in results if r.algo == algo] for algo in algos}
@@ -549,6 +567,7 @@ def summarise(results: list[RunResult], algos: list[str], target_accuracy: float
                     "process_wall_clock_s": r.process_wall_clock_s,
                     "generated_tokens": float(r.frame["generated_tokens"].iloc[-1]),
                     "to_target": hit,
+                    "phase_median_s": phase_medians(r.frame),
                 }
             )
         mean_hit = _mean_curve_reaching(rs, value) if rs and value is not None else None
@@ -563,6 +582,9 @@ def summarise(results: list[RunResult], algos: list[str], target_accuracy: float
             "process_wall_clock_s": _mean_sd([p["process_wall_clock_s"] for p in per_run]),
             "to_target": mean_hit,
             "seeds_reaching_target": sum(p["to_target"] is not None for p in per_run),
+            "phase_median_s": {
+                phase: _mean_sd([p["phase_median_s"][phase] for p in per_run]) for phase in PHASES
+            },
         }
 
     ratios = {}
@@ -765,6 +787,22 @@ def render_markdown(summary: dict, plots: list[str]) -> str:
                 f"{_fmt_count(hit['tokens']) if hit else 'not reached'} | {_fmt_seconds(p['train_wall_clock_s'])} | "
                 f"{_fmt_seconds(p['process_wall_clock_s'])} | {p['launches']} |"
             )
+    lines += [
+        "",
+        "## Where a step's time goes",
+        "",
+        (
+            "Median seconds per step of verl's timing_s/<phase> (testing: per validation), mean over seeds; the "
+            "testing column per seed gauges how busy the machine was (every algorithm validates the same prompts)."
+        ),
+        "",
+        "| algorithm | " + " | ".join(PHASES) + " | testing per seed |",
+        "|---|" + "---|" * (len(PHASES) + 1),
+    ]
+    for algo, s in summary["algorithms"].items():
+        cells = [_fmt(s["phase_median_s"][phase]["mean"], 2) for phase in PHASES]
+        gauge = ", ".join(f"{p['seed']}: {_fmt(p['phase_median_s']['testing'], 2)}" for p in s["runs"]) or "n/a"
+        lines.append(f"| {algo} | " + " | ".join(cells) + f" | {gauge} |")
     lines += ["", "## Plots", "", f"Curves: mean over seeds; band: {summary['spread']}.", ""]
     lines += [f"- ![{name}]({name})" for name in plots]
     lines += ["", "## Caveats", ""] + [f"- {note}" for note in summary["caveats"]]

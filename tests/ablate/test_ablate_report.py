@@ -104,6 +104,12 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
     assert ratio["wall_clock_s"] == pytest.approx(0.5)
     assert ratio["tokens"] == pytest.approx(640.0 / 1440.0)
 
+    # Phase medians: seconds per step and per validation as written; phases the metrics lack stay None.
+    assert [r["phase_median_s"]["step"] for r in poise["runs"]] == pytest.approx([1.0, 2.0])
+    assert poise["phase_median_s"]["step"]["mean"] == pytest.approx(1.5)
+    assert dapo["phase_median_s"]["testing"]["mean"] == pytest.approx(1.0)
+    assert poise["phase_median_s"]["gen"]["mean"] is None
+
     # Per seed: POISE seed 1 ends at 0.6 and never reaches 0.65.
     assert poise["runs"][0]["to_target"] == {"step": 4, "wall_clock_s": 5.0, "tokens": 640.0}
     assert poise["runs"][1]["to_target"] is None
@@ -133,6 +139,7 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
         and "not reached" in markdown
         and "poise/dapo: wall-clock 0.50x" in markdown
     )
+    assert "| poise | 1.50 | n/a | n/a | n/a | 0.50 | 0: 0.50, 1: 0.50 |" in markdown
 
 
 def test_an_unreachable_target_is_reported_as_not_reached(tmp_path):
