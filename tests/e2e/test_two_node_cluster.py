@@ -156,7 +156,11 @@ def two_node_cluster(tmp_path, monkeypatch):
             try:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
+                pass
+            try:  # whatever of the node outlived `ray start` (gcs, raylet, workers) goes with its group
                 os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for log in logs:
             log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
