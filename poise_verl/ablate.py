@@ -512,6 +512,19 @@ def _parquet_rows(paths) -> int | None:
 PHASES = ("step", "gen", "old_log_prob", "update_actor", "testing")
 
 
+PROBE_WINDOW = 10  # training steps at the end of a run over which the probe's Pearson is averaged
+
+
+def late_probe_pearson(frame: pd.DataFrame, window: int = PROBE_WINDOW) -> float | None:
+    """Mean ``poise/probe_pearson`` (probe baseline vs realised reward) over the run's last ``window`` steps."""
+    column = "poise/probe_pearson"
+    if column not in frame:
+        return None
+    values = frame[column].dropna()
+    values = values[values.index > frame.index.max() - window]
+    return float(values.mean()) if not values.empty else None
+
+
 def phase_medians(frame: pd.DataFrame) -> dict[str, float | None]:
     """Median of each ``timing_s/<phase>`` over the training steps (validations for ``testing``).
 
@@ -568,6 +581,7 @@ def summarise(results: list[RunResult], algos: list[str], target_accuracy: float
                     "generated_tokens": float(r.frame["generated_tokens"].iloc[-1]),
                     "to_target": hit,
                     "phase_median_s": phase_medians(r.frame),
+                    "probe_pearson_last_steps": late_probe_pearson(r.frame),
                 }
             )
         mean_hit = _mean_curve_reaching(rs, value) if rs and value is not None else None
@@ -803,6 +817,21 @@ def render_markdown(summary: dict, plots: list[str]) -> str:
         cells = [_fmt(s["phase_median_s"][phase]["mean"], 2) for phase in PHASES]
         gauge = ", ".join(f"{p['seed']}: {_fmt(p['phase_median_s']['testing'], 2)}" for p in s["runs"]) or "n/a"
         lines.append(f"| {algo} | " + " | ".join(cells) + f" | {gauge} |")
+    probes = {
+        algo: [(p["seed"], p["probe_pearson_last_steps"]) for p in s["runs"] if p["probe_pearson_last_steps"] is not None]
+        for algo, s in summary["algorithms"].items()
+    }
+    probes = {algo: pairs for algo, pairs in probes.items() if pairs}
+    if probes:
+        lines += [
+            "",
+            f"Probe baseline vs realised reward, mean poise/probe_pearson over the last {PROBE_WINDOW} steps: "
+            + "; ".join(
+                f"{algo} " + ", ".join(f"seed {seed} {_fmt(value)}" for seed, value in pairs)
+                for algo, pairs in probes.items()
+            )
+            + ".",
+        ]
     lines += ["", "## Plots", "", f"Curves: mean over seeds; band: {summary['spread']}.", ""]
     lines += [f"- ![{name}]({name})" for name in plots]
     lines += ["", "## Caveats", ""] + [f"- {note}" for note in summary["caveats"]]

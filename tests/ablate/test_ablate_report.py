@@ -109,6 +109,9 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
     assert poise["phase_median_s"]["step"]["mean"] == pytest.approx(1.5)
     assert dapo["phase_median_s"]["testing"]["mean"] == pytest.approx(1.0)
     assert poise["phase_median_s"]["gen"]["mean"] is None
+    # The probe's Pearson over the last steps: 0.3 at every POISE step; DAPO has no probe.
+    assert [r["probe_pearson_last_steps"] for r in poise["runs"]] == pytest.approx([0.3, 0.3])
+    assert dapo["runs"][0]["probe_pearson_last_steps"] is None
 
     # Per seed: POISE seed 1 ends at 0.6 and never reaches 0.65.
     assert poise["runs"][0]["to_target"] == {"step": 4, "wall_clock_s": 5.0, "tokens": 640.0}
@@ -140,6 +143,7 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
         and "poise/dapo: wall-clock 0.50x" in markdown
     )
     assert "| poise | 1.50 | n/a | n/a | n/a | 0.50 | 0: 0.50, 1: 0.50 |" in markdown
+    assert "poise seed 0 0.300, seed 1 0.300." in markdown
 
 
 def test_an_unreachable_target_is_reported_as_not_reached(tmp_path):
