@@ -8,9 +8,12 @@ first (its "reasoning", the order in which a carry is computed), then ``</think>
     response "135</think>\\boxed{531}<|im_end|>"
 
 Why graded levels: RL with a sibling or probe baseline learns only from prompts whose pass rate sits
-strictly between 0 and 1. A task split into trivial and impossible prompts gives almost no signal (see
-/work/shared/TINY_TASK_NOTES.md), so the levels below step through operand lengths, operations and (within
-a level) carry/borrow chains, which spreads the warmed-up policy's per-prompt pass rates over 10-90%.
+strictly between 0 and 1 (two rollouts that agree give a sibling baseline a zero advantage). An earlier
+version of this task, five equally weighted categories (1- to 3-digit add/subtract, 1x1 and 2x1 multiply),
+left each category near 0% or 100% after the warm-up: few pairs of rollouts disagreed and RL with two
+rollouts per prompt gained only a few points. So the levels below step through operand lengths, operations
+and (within a level) carry/borrow chains, which spreads the warmed-up policy's per-prompt pass rates over
+10-90% (``python -m poise_verl.tiny.build`` records the measured spread in ``build_info.json``).
 
     problems = generate_problems(1000, seed=0)
     write_parquet(problems, "train.parquet", split="train")
