@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from poise_verl.ablate import DONE_MARKER, RUN_INFO, AlgoConfig
+from poise_verl.ablate.plan import DONE_MARKER, RUN_INFO, AlgoConfig
 
 REPO = Path(__file__).resolve().parents[2]
 BUDGET = 16

@@ -14,7 +14,24 @@ from pathlib import Path
 import pytest
 from ablate_helpers import BUDGET, algo_config, mark_done, write_launch
 
-from poise_verl import ablate
+from poise_verl.ablate.cli import main
+from poise_verl.ablate.launch import run_all
+from poise_verl.ablate.metrics import (
+    add_derived_columns,
+    attempts,
+    collect,
+    load_metrics,
+    validation_accuracy,
+)
+from poise_verl.ablate.plan import (
+    DONE_MARKER,
+    Run,
+    check_extra_overrides,
+    check_folder,
+    plan_runs,
+    read_algo_config,
+)
+from poise_verl.ablate.report import write_report
 
 VAL = "val-core/tiny_arithmetic/acc/mean@1"
 
@@ -55,9 +72,9 @@ def synthetic_rows(algo: str, acc, step_s, test_s, length, dropped) -> dict[int,
     return rows
 
 
-def synthetic_ablation(output: Path, algos=("poise", "dapo")) -> list[ablate.Run]:
+def synthetic_ablation(output: Path, algos=("poise", "dapo")) -> list[Run]:
     configs = {"poise": algo_config(n=2), "dapo": algo_config(n=16), "grpo": algo_config(n=16)}
-    runs = ablate.plan(list(algos), [0, 1], output, ["budget.rollouts_per_step=16"], configs)
+    runs = plan_runs(list(algos), [0, 1], output, ["budget.rollouts_per_step=16"], configs)
     for run in runs:
         if (run.algo, run.seed) in SYNTHETIC:
             write_launch(
@@ -69,8 +86,8 @@ def synthetic_ablation(output: Path, algos=("poise", "dapo")) -> list[ablate.Run
 
 def test_report_numbers_match_hand_computed_values(tmp_path):
     runs = synthetic_ablation(tmp_path, algos=("poise", "dapo", "grpo"))
-    results = ablate.collect(runs)
-    summary = ablate.write_report(
+    results = collect(runs)
+    summary = write_report(
         results, ["poise", "dapo", "grpo"], tmp_path / "report", target_accuracy=None
     )
 
@@ -148,8 +165,8 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
 
 def test_an_unreachable_target_is_reported_as_not_reached(tmp_path):
     runs = synthetic_ablation(tmp_path)
-    summary = ablate.write_report(
-        ablate.collect(runs), ["poise", "dapo"], tmp_path / "report", target_accuracy=0.9
+    summary = write_report(
+        collect(runs), ["poise", "dapo"], tmp_path / "report", target_accuracy=0.9
     )
     assert summary["target_accuracy"] == {"value": 0.9, "source": "--target-accuracy"}
     for algo in ("poise", "dapo"):
@@ -186,11 +203,11 @@ def test_a_resumed_launch_replaces_the_steps_it_redid(tmp_path):
             4: {"timing_s/step": 2.0, "timing_s/testing": 0.5, VAL: 0.5},
         },
     )
-    frame = ablate.load_metrics(tmp_path)
+    frame = load_metrics(tmp_path)
     assert list(frame.index) == [0, 1, 2, 3, 4]
     assert frame.loc[2, "timing_s/step"] == 1.0 and frame.loc[2, VAL] == 0.31
     assert frame.loc[3, "timing_s/step"] == 2.0 and "lost/metric" not in frame.columns
-    derived = ablate.add_derived_columns(frame, algo_config(n=2))
+    derived = add_derived_columns(frame, algo_config(n=2))
     # 1 + (1 + 0.5) + 2 + (2 + 0.5): the lost 9 s of the interrupted step 3 are not training time.
     assert list(derived["train_wall_clock_s"]) == pytest.approx([0.0, 1.0, 2.5, 4.5, 7.0])
 
@@ -210,10 +227,10 @@ def test_validation_accuracy_averages_data_sources_and_prefers_acc(tmp_path):
             }
         },
     )
-    accuracy = ablate.validation_accuracy(ablate.load_metrics(tmp_path))
+    accuracy = validation_accuracy(load_metrics(tmp_path))
     assert accuracy.loc[0] == pytest.approx((0.2 + 0.4 + 0.6) / 3)
     assert (
-        ablate.validation_accuracy(ablate.load_metrics(tmp_path), "val-core/amc/reward/mean@4").loc[0] == 0.99
+        validation_accuracy(load_metrics(tmp_path), "val-core/amc/reward/mean@4").loc[0] == 0.99
     )
 
 
@@ -248,49 +265,49 @@ def test_finished_runs_are_skipped_and_an_interrupted_one_is_relaunched(tmp_path
     configs = {"poise": algo_config(n=2)}
     runs = [
         dataclasses.replace(r, program=(str(fake),))
-        for r in ablate.plan(["poise"], [0, 1], tmp_path / "abl", [], configs)
+        for r in plan_runs(["poise"], [0, 1], tmp_path / "abl", [], configs)
     ]
     good, flaky = runs
 
-    failed = ablate.run_all(runs, use_ray_temp_dir=False)
+    failed = run_all(runs, use_ray_temp_dir=False)
     assert failed == [flaky]
     assert good.status() == "done" and flaky.status() == "partial"
-    marker = json.loads((good.folder / ablate.DONE_MARKER).read_text())
+    marker = json.loads((good.folder / DONE_MARKER).read_text())
     assert marker["launches"] == 1 and marker["wall_clock_s"] > 0
     assert marker["command"][:2] == [sys.executable, str(fake)]
     assert "finished poise" in (good.folder / "log.txt").read_text()
-    assert [a["returncode"] for a in ablate.attempts(flaky.folder)] == [3]
+    assert [a["returncode"] for a in attempts(flaky.folder)] == [3]
 
-    failed = ablate.run_all(runs, use_ray_temp_dir=False)
+    failed = run_all(runs, use_ray_temp_dir=False)
     assert failed == []
-    assert len(ablate.attempts(good.folder)) == 1  # skipped: not launched again
-    assert [a["returncode"] for a in ablate.attempts(flaky.folder)] == [3, 0]
-    marker = json.loads((flaky.folder / ablate.DONE_MARKER).read_text())
+    assert len(attempts(good.folder)) == 1  # skipped: not launched again
+    assert [a["returncode"] for a in attempts(flaky.folder)] == [3, 0]
+    marker = json.loads((flaky.folder / DONE_MARKER).read_text())
     assert marker["launches"] == 2
     assert marker["wall_clock_s"] == pytest.approx(
-        sum(a["wall_clock_s"] for a in ablate.attempts(flaky.folder))
+        sum(a["wall_clock_s"] for a in attempts(flaky.folder))
     )
     log = (flaky.folder / "log.txt").read_text()
     assert log.count("===== ablate launch") == 2 and "dying at step 1" in log
     # Both launches' metrics merge into one trajectory 0..2, the redone step 1 counted once.
-    frame = ablate.add_derived_columns(ablate.load_metrics(flaky.folder), configs["poise"])
+    frame = add_derived_columns(load_metrics(flaky.folder), configs["poise"])
     assert list(frame["train_wall_clock_s"]) == pytest.approx([0.0, 1.0, 2.0])
 
     capsys.readouterr()
-    assert ablate.run_all(runs, use_ray_temp_dir=False) == []
+    assert run_all(runs, use_ray_temp_dir=False) == []
     out = capsys.readouterr().out
     assert out.count("finished earlier, skipped") == 2
     assert "[1/2] poise seed 0" in out
 
     # The same folder with other overrides is refused rather than mixed.
-    other = ablate.plan(["poise"], [0], tmp_path / "abl", ["trainer.total_training_steps=9"], configs)[0]
+    other = plan_runs(["poise"], [0], tmp_path / "abl", ["trainer.total_training_steps=9"], configs)[0]
     with pytest.raises(SystemExit, match="other overrides"):
-        ablate.check_folder(other)
+        check_folder(other)
 
 
 def test_seed_overrides_and_owned_keys(tmp_path):
     config = algo_config(n=2, logger=("console", "wandb"))
-    (run,) = ablate.plan(["poise"], [7], tmp_path, ["+recipe=x"], {"poise": config})
+    (run,) = plan_runs(["poise"], [7], tmp_path, ["+recipe=x"], {"poise": config})
     assert run.overrides[:2] == ("algo=poise", "+recipe=x")
     for key in config.seed_keys:
         assert f"{key}=7" in run.overrides
@@ -298,27 +315,27 @@ def test_seed_overrides_and_owned_keys(tmp_path):
     assert "trainer.experiment_name=tiny_seed7" in run.overrides
     assert "trainer.logger=[console,wandb,file]" in run.overrides  # the report needs the file logger
     with pytest.raises(SystemExit, match="--seeds"):
-        ablate.check_extra_overrides(["data.seed=3"])
+        check_extra_overrides(["data.seed=3"])
     with pytest.raises(SystemExit, match="--output"):
-        ablate.check_extra_overrides(["trainer.default_local_dir=/x"])
+        check_extra_overrides(["trainer.default_local_dir=/x"])
     with pytest.raises(SystemExit, match="unknown algorithm"):
-        ablate.main(["--algos", "poise,ppo", "--dry-run"])
+        main(["--algos", "poise,ppo", "--dry-run"])
 
 
 def test_report_only_from_the_command_line(tmp_path, capsys):
     """`--report-only` composes the real configs, finds the runs by their overrides and writes the report."""
     output = tmp_path / "abl"
     configs = {
-        a: ablate.read_algo_config(a, [f"budget.rollouts_per_step={BUDGET}"]) for a in ("poise", "dapo")
+        a: read_algo_config(a, [f"budget.rollouts_per_step={BUDGET}"]) for a in ("poise", "dapo")
     }
     assert (configs["poise"].n, configs["dapo"].n) == (2, 16)
     assert "poise.probe.seed" in configs["poise"].seed_keys and "data.seed" in configs["dapo"].seed_keys
-    for run in ablate.plan(
+    for run in plan_runs(
         ["poise", "dapo"], [0, 1], output, [f"budget.rollouts_per_step={BUDGET}"], configs
     ):
         write_launch(run.folder, "1", synthetic_rows(run.algo, **SYNTHETIC[(run.algo, run.seed)]))
         mark_done(run, wall_clock_s=1.0)
-    code = ablate.main(
+    code = main(
         [
             "--algos",
             "poise,dapo",

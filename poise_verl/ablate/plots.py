@@ -2,9 +2,8 @@
 
 Pure pandas + matplotlib (Agg backend, no display needed). Each run is a DataFrame indexed by training step
 with one column per metric (verl's names, plus the derived ``train_wall_clock_s``, ``generated_tokens`` and
-``val_accuracy`` columns that :mod:`poise_verl.ablate` adds). A band aggregates the seeds of one algorithm
-step by step, over the steps every seed has a value for, so a mean is never taken over a changing set of
-seeds.
+``val_accuracy`` columns of :mod:`.metrics`). A band aggregates the seeds of one algorithm step by step
+(:func:`.statistics.seed_band`), over the steps every seed has a value for.
 """
 
 from __future__ import annotations
@@ -17,44 +16,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-# One colour per algorithm across every figure.
-COLOURS = {"poise": "tab:blue", "dapo": "tab:orange", "grpo": "tab:green"}
+from poise_verl.ablate.algorithms import ALGORITHMS
+from poise_verl.ablate.algorithms import colour as algo_colour
+from poise_verl.ablate.metrics import ADVANTAGE_STD_KEYS
+from poise_verl.ablate.statistics import seed_band
+
 SPREAD = "min-max over seeds"
-
-
-def seed_band(runs: list[pd.DataFrame], y: str, x: str | None = None) -> pd.DataFrame:
-    """Mean and min/max of column ``y`` over seeds, per step, on the steps where every seed has ``y``.
-
-    Returns columns ``step, y_mean, y_min, y_max, seeds`` and, with ``x``, ``x_mean`` (the x position of a
-    step is the mean of the seeds' x there: wall-clock and token counts differ slightly between seeds).
-    Empty when some seed never logged ``y``.
-    """
-    columns = ["step", "y_mean", "y_min", "y_max", "seeds"] + (["x_mean"] if x else [])
-    if not runs or any(y not in run.columns for run in runs):
-        return pd.DataFrame(columns=columns)
-    parts = []
-    for index, run in enumerate(runs):
-        wanted = [y] + ([x] if x and x != y else [])
-        if any(col not in run.columns for col in wanted):
-            return pd.DataFrame(columns=columns)
-        part = run[wanted].dropna(subset=[y]).copy()
-        part["seed_index"] = index
-        part["step"] = part.index
-        parts.append(part)
-    rows = pd.concat(parts, ignore_index=True)
-    grouped = rows.groupby("step")
-    out = pd.DataFrame(
-        {
-            "y_mean": grouped[y].mean(),
-            "y_min": grouped[y].min(),
-            "y_max": grouped[y].max(),
-            "seeds": grouped["seed_index"].nunique(),
-        }
-    )
-    if x:
-        out["x_mean"] = grouped[x].mean()
-    out = out[out["seeds"] == len(runs)].reset_index()
-    return out[columns]
 
 
 def _time_unit(seconds: float) -> tuple[float, str]:
@@ -81,7 +48,7 @@ def _draw(
         if band.empty:
             continue
         xs = (band["x_mean"] if x else band["step"]) / x_scale
-        line_colour = colour or COLOURS.get(algo, f"C{index + 3}")
+        line_colour = colour or algo_colour(algo, index)
         label = f"{algo}{label_suffix} ({len(runs)} seed{'s' if len(runs) != 1 else ''})"
         ax.plot(
             xs,
@@ -170,20 +137,20 @@ def advantage_figure(runs_by_algo, std_keys: list[str], path: Path) -> Path:
     )
 
 
-def probe_figure(runs: list[pd.DataFrame], path: Path) -> Path:
-    """POISE: the probe's mean prediction against the realised mean reward, and the probe's Pearson r."""
+def probe_figure(algo: str, runs: list[pd.DataFrame], path: Path) -> Path:
+    """A probe algorithm: the probe's mean prediction against the realised mean reward, and its Pearson r."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     drawn = _draw(
         left,
-        {"poise": runs},
+        {algo: runs},
         "poise/prediction_mean",
         None,
         label_suffix=" prediction_mean",
-        colour="tab:blue",
+        colour=algo_colour(algo, 0),
     )
     drawn |= _draw(
         left,
-        {"poise": runs},
+        {algo: runs},
         "poise/reward_mean",
         None,
         label_suffix=" reward_mean",
@@ -196,7 +163,38 @@ def probe_figure(runs: list[pd.DataFrame], path: Path) -> Path:
     left.grid(alpha=0.3)
     if drawn:
         left.legend(fontsize=8)
-    drawn_r = _draw(right, {"poise": runs}, "poise/probe_pearson", None)
+    drawn_r = _draw(right, {algo: runs}, "poise/probe_pearson", None)
     return _finish(
         fig, right, path, "Probe baseline vs reward: Pearson r", "training step", "Pearson r", drawn_r
     )
+
+
+def draw_figures(runs_by_algo: dict[str, list[pd.DataFrame]], folder: Path, target: float | None) -> list[Path]:
+    """Every figure of the report, written into ``folder``: accuracy against wall-clock, tokens and steps,
+    gradient norm, advantages, and a probe figure per algorithm that has a probe."""
+    figures = [
+        accuracy_figure(
+            runs_by_algo,
+            "train_wall_clock_s",
+            folder / "accuracy_vs_wall_clock.png",
+            target,
+            "training wall-clock (from metrics)",
+            time_axis=True,
+        ),
+        accuracy_figure(
+            runs_by_algo, "generated_tokens", folder / "accuracy_vs_tokens.png", target, "generated response tokens"
+        ),
+        accuracy_figure(runs_by_algo, None, folder / "accuracy_vs_step.png", target, "training step"),
+        metric_figure(
+            runs_by_algo,
+            "actor/grad_norm",
+            folder / "grad_norm.png",
+            "Actor gradient norm",
+            "actor/grad_norm (before clipping)",
+        ),
+        advantage_figure(runs_by_algo, ADVANTAGE_STD_KEYS, folder / "advantages.png"),
+    ]
+    for algo, runs in runs_by_algo.items():
+        if algo in ALGORITHMS and ALGORITHMS[algo].probe:
+            figures.append(probe_figure(algo, runs, folder / f"{algo}_probe.png"))
+    return figures

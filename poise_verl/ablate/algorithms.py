@@ -1,0 +1,42 @@
+"""The algorithms an ablation can compare: one entry each, the only place that says how to select one.
+
+An entry names the Hydra overrides that select the algorithm (before the user's own overrides) and what the
+report needs to know about it. A variant is one more entry, e.g. a probe-selected POISE::
+
+    Algorithm("poise_select", ("algo=poise", "poise.selection.mode=probe"), "tab:purple", probe=True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str  # the run folder's name and the name in --algos, tables and plots
+    overrides: tuple[str, ...]  # the Hydra overrides that select it, first on the run's command line
+    colour: str  # its colour in every figure
+    probe: bool = False  # logs POISE's probe metrics (poise/probe_pearson, ...): probe figure and Pearson
+    dynamic_sampling: bool = False  # drops groups whose rewards agree (DAPO): extra generated rollouts
+
+    @property
+    def override_keys(self) -> tuple[str, ...]:
+        return tuple(override.lstrip("+~").split("=", 1)[0] for override in self.overrides)
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    algorithm.name: algorithm
+    for algorithm in (
+        Algorithm("poise", ("algo=poise",), "tab:blue", probe=True),
+        Algorithm("dapo", ("algo=dapo",), "tab:orange", dynamic_sampling=True),
+        Algorithm("grpo", ("algo=grpo",), "tab:green"),
+    )
+}
+DEFAULT_ALGOS = ("poise", "dapo", "grpo")
+# The algorithm whose mean final accuracy is the default target, and the denominator of the ratios.
+REFERENCE_ALGO = "dapo"
+
+
+def colour(name: str, index: int) -> str:
+    """An algorithm's colour; one of matplotlib's cycle for a name the registry does not know."""
+    return ALGORITHMS[name].colour if name in ALGORITHMS else f"C{index + 3}"
