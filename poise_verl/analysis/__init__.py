@@ -7,5 +7,7 @@
 
 The pieces they share: ``policy`` (load a HF model directory or a verl ``global_step_N`` checkpoint),
 ``prompts`` (read verl-format parquet and render the chat template as verl does), ``sampling`` (batched
-generation and scoring), ``passk`` (the unbiased pass@k estimator).
+generation and scoring), ``passk`` (the unbiased pass@k estimator). The value-estimator study's own stages:
+``features`` (the probe's features of every rollout), ``probe_sweep`` (the probe at every layer),
+``critic``, ``estimators`` (the list of estimators compared), ``report`` (its outputs).
 """

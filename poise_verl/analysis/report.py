@@ -1,7 +1,8 @@
-"""results.md and the plots of ``value_estimator``."""
+"""The value-estimator study's outputs: results.json, results.md, layer_sweep.png and scatter.png."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -18,6 +19,17 @@ def check_finite(value, path: str = "results") -> None:
             check_finite(item, f"{path}[{index}]")
     elif isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{path} is {value}")
+
+
+def write(results: dict, output: Path, target: torch.Tensor, scatter: dict[str, torch.Tensor]) -> None:
+    """Every output into ``output`` (created); ``target`` and ``scatter``: the held-out pass rates and the
+    estimates drawn against them. Refuses a NaN or infinite number anywhere in ``results``."""
+    check_finite(results)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (output / "results.md").write_text(markdown(results))
+    plot_layer_sweep(results["layer_sweep"], results["settings"]["probe"]["probe_layer"], output / "layer_sweep.png")
+    plot_scatter(target, scatter, output / "scatter.png", results["settings"]["m"])
 
 
 def _flops(value: float) -> str:

@@ -27,6 +27,10 @@ estimators read (the probe reads a rollout's response, which carries that rollou
 target removes this advantage). Writes DIR/results.md, DIR/results.json, DIR/layer_sweep.png,
 DIR/scatter.png.
 
+The stages, in order: ``sample`` (prompts, rollouts, rewards), ``split``, ``rollout_features``
+(``analysis.features``), ``probe_sweep.layer_sweep`` (the probe at every layer), ``estimators.compare`` (every
+entry of ``estimators.ESTIMATORS``, the probe, the critic and the baselines, scored alike), ``report.write``.
+
 Paper anchor (Qwen3-4B, DAPO-Math, avg@8 of held-out prompts): probe Pearson 0.870 / MAE 0.141, critic
 0.676 / 0.262.
 """
@@ -45,21 +49,20 @@ from pathlib import Path
 import torch
 
 from poise_verl.analysis import report
-from poise_verl.analysis.critic import predict as critic_predict
-from poise_verl.analysis.critic import select_and_train_critic
-from poise_verl.analysis.features import check_packed_forward, end_of_thinking_id, extract_features
+from poise_verl.analysis.estimators import Study, compare
+from poise_verl.analysis.features import (
+    RolloutFeatures,
+    check_packed_forward,
+    end_of_thinking_id,
+    extract_features,
+)
 from poise_verl.analysis.policy import CheckpointError, eos_token_ids, load_policy
+from poise_verl.analysis.probe_sweep import ProbeSettings, choose_layers, layer_sweep
 from poise_verl.analysis.prompts import DataError, encode_prompt, read_prompts
 from poise_verl.analysis.sampling import generate_hf, score_responses
 from poise_verl.core.capture import decoder_layers
-from poise_verl.core.cross_rollout import sibling_targets
-from poise_verl.core.diagnostics import baseline_diagnostics
-from poise_verl.core.probe import RANDOMIZED_PCA_ABOVE, build_probe
 
 logger = logging.getLogger("poise_verl.analysis.value_estimator")
-
-# POISE reads decoder layer 19 of Qwen3-4B's 36; the default probe layer keeps that relative depth.
-OFFICIAL_LAYER_FRACTION = 19 / 36
 
 PAPER_ANCHOR = {
     "setting": "official POISE, Qwen3-4B, DAPO-Math, target = avg@8 pass rate of held-out prompts",
@@ -145,51 +148,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _layers(spec: str, count: int) -> list[int]:
-    if spec.strip().lower() == "all":
-        return list(range(count))
-    layers = sorted({int(v) for v in spec.split(",") if v.strip()})
-    bad = [layer for layer in layers if not 0 <= layer < count]
-    if bad:
-        raise ValueError(f"--layers {bad} outside the model's {count} decoder layers (0-based)")
-    return layers
-
-
-def probe_fit_flops(rows: int, widths: tuple[int, int, int], components: tuple[int, int]) -> float:
-    """Approximate floating-point operations of one ``PCARidgeProbe.fit`` (order of magnitude).
-
-    Per hidden-state block of ``F`` features keeping ``c`` components: standardising (~4NF), the PCA the
-    core runs (Gram matrix 2NF^2 + symmetric eigendecomposition ~9F^3; thin SVD ~4FN^2 + 8N^3 when N < F;
-    randomised subspace iteration ~2(2q+2)NF(c+10) for large blocks), projection 2NFc; then ridge on D
-    inputs: 2ND^2 + D^3/3. Golub & Van Loan's operation counts.
-    """
-    total = 0.0
-    for features, requested in zip(widths[:2], components, strict=True):
-        total += 4.0 * rows * features
-        count = min(requested, max(rows - 1, 0), features)
-        if count == 0:
-            continue
-        if max(rows, features) > RANDOMIZED_PCA_ABOVE and count < 0.8 * min(rows, features):
-            width = min(count + 10, min(rows, features))
-            iterations = 7 if count < 0.1 * min(rows, features) else 4
-            total += 2.0 * (2 * iterations + 2) * rows * features * width
-        elif rows >= features:
-            total += 2.0 * rows * features**2 + 9.0 * features**3
-        else:
-            total += 4.0 * features * rows**2 + 8.0 * rows**3
-        total += 2.0 * rows * features * count
-    inputs = min(components[0], widths[0], max(rows - 1, 0)) + min(components[1], widths[1], max(rows - 1, 0))
-    inputs += widths[2]
-    total += 4.0 * rows * widths[2] + 2.0 * rows * inputs**2 + inputs**3 / 3.0
-    return total
-
-
-def metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """MAE, RMSE and Pearson of value estimates against pass rates (Pearson 0 for a constant side)."""
-    diagnostics = baseline_diagnostics(rewards=target, baselines=predicted)
-    return {key: diagnostics[key] for key in ("pearson", "mae", "rmse")}
-
-
 def pearson_ceiling(pass_rates: torch.Tensor, m: int) -> float:
     """Estimated Pearson between the TRUE pass rates and their m-sample estimates.
 
@@ -205,23 +163,10 @@ def pearson_ceiling(pass_rates: torch.Tensor, m: int) -> float:
     return math.sqrt(max(0.0, observed - noise) / observed)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Draw prompts, sample and score rollouts, then ``analyse``; returns the results dict."""
-    started = time.monotonic()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    all_rows = read_prompts(args.data)
-    chosen = sorted(
-        random.Random(args.seed).sample(range(len(all_rows)), min(args.num_prompts, len(all_rows)))
-    )
-    rows = [all_rows[i] for i in chosen]
-    if len(rows) < 4:
-        raise DataError(f"need at least 4 prompts, the data has {len(rows)}")
-    model, tokenizer, layout = load_policy(args.model, dtype=torch.float32, device=device)
-
-    # 1. Rollouts and their rewards.
+def sample(args: argparse.Namespace, model, tokenizer, rows, timing: dict[str, float]):
+    """Stage 1: ``m`` rollouts per prompt and their rewards; returns prompt ids, responses, ``(P, m)`` rewards."""
     prompt_ids = [encode_prompt(tokenizer, row.messages, args.chat_template_kwargs) for row in rows]
     torch.manual_seed(args.seed)
-    timing: dict[str, float] = {}
     clock = time.monotonic()
     responses = generate_hf(
         model,
@@ -240,8 +185,53 @@ def run(args: argparse.Namespace) -> dict:
     _, correct = score_responses(tokenizer, rows, responses)
     timing["scoring_seconds"] = time.monotonic() - clock
     # The probe regresses rewards in [0, 1]: correctness (a scorer's "acc", or a full score).
-    rewards = torch.tensor(correct, dtype=torch.float32)  # (P, m)
+    return prompt_ids, responses, torch.tensor(correct, dtype=torch.float32)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Draw prompts, sample and score rollouts, then ``analyse``; returns the results dict."""
+    started = time.monotonic()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    all_rows = read_prompts(args.data)
+    chosen = sorted(
+        random.Random(args.seed).sample(range(len(all_rows)), min(args.num_prompts, len(all_rows)))
+    )
+    rows = [all_rows[i] for i in chosen]
+    if len(rows) < 4:
+        raise DataError(f"need at least 4 prompts, the data has {len(rows)}")
+    model, tokenizer, layout = load_policy(args.model, dtype=torch.float32, device=device)
+    timing: dict[str, float] = {}
+    prompt_ids, responses, rewards = sample(args, model, tokenizer, rows, timing)
     return analyse(args, model, tokenizer, prompt_ids, responses, rewards, layout.kind, timing, started)
+
+
+def split(count: int, seed: int, heldout_fraction: float) -> tuple[list[int], list[int]]:
+    """Stage 2: training and held-out prompts (seeded; at least 2 of each)."""
+    order = list(range(count))
+    random.Random(seed + 7).shuffle(order)
+    held = min(count - 2, max(2, round(heldout_fraction * count)))
+    return sorted(order[held:]), sorted(order[:held])
+
+
+def rollout_features(
+    args: argparse.Namespace, model, prompt_ids, responses, layers: list[int], think_id: int | None
+) -> RolloutFeatures:
+    """Stage 3: the probe's features of every rollout, every swept layer in one packed forward."""
+    count, m = len(prompt_ids), len(responses[0])
+    flat_prompts = [prompt_ids[p] for p in range(count) for _ in range(m)]
+    flat_responses = [responses[p][s].token_ids for p in range(count) for s in range(m)]
+    check_packed_forward(model, flat_prompts, flat_responses)
+    return extract_features(
+        model,
+        flat_prompts,
+        flat_responses,
+        layers,
+        k=args.pool_tokens,
+        end_of_thinking_token_id=think_id,
+        temperature=args.temperature if args.temperature > 0 else 1.0,
+        token_budget=args.token_budget,
+        progress=not args.no_progress,
+    )
 
 
 def analyse(
@@ -255,249 +245,86 @@ def analyse(
     timing: dict[str, float],
     started: float,
 ) -> dict:
-    """Steps 2-5 of the module docstring on sampled rollouts; writes the outputs and returns the results.
+    """Stages 2-5 of the module docstring on sampled rollouts; writes the outputs and returns the results.
 
     Args:
         prompt_ids: ``P`` rendered prompts; responses: ``responses[p][s]`` (``sampling.Response``);
         rewards: ``(P, m)`` rewards in [0, 1].
     """
-    device = next(model.parameters()).device
-    count, m = rewards.shape
-    pass_rates = rewards.mean(1)  # V(x) estimate over m rollouts, (P,)
     layer_count = len(decoder_layers(model))
-    layers = _layers(args.layers, layer_count)
-    probe_layer = (
-        args.probe_layer if args.probe_layer is not None else round(OFFICIAL_LAYER_FRACTION * layer_count)
-    )
-    probe_layer = min(max(probe_layer, 0), layer_count - 1)
-    if probe_layer not in layers:
-        layers = sorted({*layers, probe_layer})
+    layers, probe_layer = choose_layers(args.layers, args.probe_layer, layer_count)
     think_token = None if str(args.end_of_thinking_token).lower() == "none" else args.end_of_thinking_token
     think_id = end_of_thinking_id(tokenizer, think_token)
+    train, heldout = split(len(prompt_ids), args.seed, args.heldout_fraction)
 
-    # 2. Split prompts.
-    order = list(range(count))
-    random.Random(args.seed + 7).shuffle(order)
-    held = min(count - 2, max(2, round(args.heldout_fraction * count)))
-    heldout, train = sorted(order[:held]), sorted(order[held:])
-
-    # 3. Features of every rollout, every sweep layer in one packed forward.
-    flat_prompts = [prompt_ids[p] for p in range(count) for _ in range(m)]
-    flat_responses = [responses[p][s].token_ids for p in range(count) for s in range(m)]
-    check_packed_forward(model, flat_prompts, flat_responses)
     clock = time.monotonic()
-    features = extract_features(
-        model,
-        flat_prompts,
-        flat_responses,
-        layers,
-        k=args.pool_tokens,
-        end_of_thinking_token_id=think_id,
-        temperature=args.temperature if args.temperature > 0 else 1.0,
-        token_budget=args.token_budget,
-        progress=not args.no_progress,
-    )
+    features = rollout_features(args, model, prompt_ids, responses, layers, think_id)
     timing["feature_extraction_seconds"] = time.monotonic() - clock
 
-    def rows_of(prompts: list[int]) -> torch.Tensor:
-        return torch.tensor([p * m + s for p in prompts for s in range(m)])
+    probe = ProbeSettings(args.prompt_components, args.response_components, args.ridge_alpha, args.seed)
+    fits = layer_sweep(features, layers, rewards, train, heldout, probe)
+    study = Study(args, model, tokenizer, prompt_ids, rewards, train, heldout, probe_layer, fits)
+    compared = compare(study)
 
-    train_rows, heldout_rows = rows_of(train), rows_of(heldout)
-    # Pairs (n = 2): rollouts 2j and 2j + 1 of a prompt are siblings; target_j = the sibling's reward.
-    pair_ids = torch.tensor([p * (m // 2) + s // 2 for p in train for s in range(m)])
-    targets = sibling_targets(rewards[train].reshape(-1), pair_ids)
-    target_heldout = pass_rates[heldout]
-    # Disjoint target: pass rate over rollouts 2..m-1, which the 2-rollout estimators never read.
-    target_disjoint = rewards[heldout, 2:].mean(1)
-
-    def new_probe():
-        return build_probe(
-            "ridge",
-            prompt_components=args.prompt_components,
-            response_components=args.response_components,
-            alpha=args.ridge_alpha,
-            seed=args.seed,
-        )
-
-    # One untimed fit first: the first LAPACK call of a process pays a one-off set-up that is not the probe's.
-    new_probe().fit(
-        features.prompt[layers[0]][train_rows],
-        features.response[layers[0]][train_rows],
-        features.scalars[train_rows],
-        targets,
-    )
-    sweep, probe_values = [], {}
-    for layer in layers:
-        probe = new_probe()
-        x_prompt, x_response = features.prompt[layer], features.response[layer]
-        clock = time.perf_counter()
-        fit = probe.fit(x_prompt[train_rows], x_response[train_rows], features.scalars[train_rows], targets)
-        fit_seconds = time.perf_counter() - clock
-        clock = time.perf_counter()
-        predicted = probe.predict(
-            x_prompt[heldout_rows], x_response[heldout_rows], features.scalars[heldout_rows]
-        ).reshape(len(heldout), m)
-        predict_seconds = time.perf_counter() - clock
-        value_m, value_2 = predicted.mean(1), predicted[:, :2].mean(1)
-        widths = (x_prompt.shape[1], x_response.shape[1], features.scalars.shape[1])
-        entry = {
-            "layer": layer,
-            **metrics(value_m, target_heldout),
-            "pearson_2_rollouts": metrics(value_2, target_heldout)["pearson"],
-            "mae_2_rollouts": metrics(value_2, target_heldout)["mae"],
-            "fit_seconds": fit_seconds,
-            "predict_seconds": predict_seconds,
-            "fit_flops": probe_fit_flops(
-                len(train_rows), widths, (args.prompt_components, args.response_components)
-            ),
-            "train_mae_in_sample": fit["train_mae"],
-            "constant_fallback": fit["constant_fallback"],
-        }
-        sweep.append(entry)
-        probe_values[layer] = (value_m, value_2)
-    main_probe = next(e for e in sweep if e["layer"] == probe_layer)
-    value_m, value_2 = probe_values[probe_layer]
-
-    # 4. Critic of the policy's size: prompt-only V(x), trained on the training prompts' rewards.
-    train_prompts = [prompt_ids[p] for p in train]
-    run_critic, selection = select_and_train_critic(
-        model,
-        train_prompts,
-        pass_rates[train].tolist(),
-        tokenizer.pad_token_id,
-        args.critic_epochs,
-        args.critic_lr,
-        args.critic_batch_size,
-        args.seed,
-        args.critic_validation_fraction,
-        device,
-    )
-    clock = time.perf_counter()
-    critic_values = critic_predict(
-        run_critic.critic, [prompt_ids[p] for p in heldout], tokenizer.pad_token_id
-    )
-    critic_predict_seconds = time.perf_counter() - clock
-    del run_critic.critic
-
-    # 5. Baselines.
-    train_mean = float(pass_rates[train].mean())
-    constant = torch.full((len(heldout),), train_mean)
-    group_mean_2 = rewards[heldout, :2].mean(1)
-
-    estimators = {
-        "probe_m_rollouts": {
-            "label": f"POISE probe, layer {probe_layer}, mean over the m={m} rollouts",
-            **metrics(value_m, target_heldout),
-            "train_seconds": main_probe["fit_seconds"],
-            "train_flops": main_probe["fit_flops"],
-            "predict_seconds": main_probe["predict_seconds"],
-        },
-        "probe_2_rollouts": {
-            "label": f"POISE probe, layer {probe_layer}, mean over 2 rollouts (n=2, as in training)",
-            **metrics(value_2, target_heldout),
-            "train_seconds": main_probe["fit_seconds"],
-            "train_flops": main_probe["fit_flops"],
-            "predict_seconds": main_probe["predict_seconds"],
-        },
-        "critic": {
-            "label": f"critic ({run_critic.parameters:,} parameters, prompt-only V(x))",
-            **metrics(critic_values, target_heldout),
-            "train_seconds": run_critic.seconds,
-            "train_flops": run_critic.flops,
-            "selection_seconds": selection["seconds"],
-            "selection_flops": selection["flops"],
-            "predict_seconds": critic_predict_seconds,
-        },
-        "train_mean": {
-            "label": "training-set mean pass rate (constant)",
-            **metrics(constant, target_heldout),
-            "train_seconds": 0.0,
-            "train_flops": float(len(train) * m),
-            "predict_seconds": 0.0,
-        },
-        "group_mean_2": {
-            "label": "the prompt's own mean reward over 2 rollouts",
-            **metrics(group_mean_2, target_heldout),
-            "train_seconds": 0.0,
-            "train_flops": 0.0,
-            "predict_seconds": 0.0,
-        },
+    probe_settings = {
+        "name": "ridge",
+        "prompt_components": args.prompt_components,
+        "response_components": args.response_components,
+        "alpha": args.ridge_alpha,
+        "pool_tokens": args.pool_tokens,
+        "entropy_features": list(features.entropy_names),
+        "end_of_thinking_token": think_token if think_id is not None else None,
+        "probe_layer": probe_layer,
+        "decoder_layers": layer_count,
+        "feature_capture": "core.capture.PackedPoolingHook on every swept layer, one packed forward",
     }
-    disjoint = {
-        "probe_2_rollouts": metrics(value_2, target_disjoint),
-        "critic": metrics(critic_values, target_disjoint),
-        "train_mean": metrics(constant, target_disjoint),
-        "group_mean_2": metrics(group_mean_2, target_disjoint),
-    }
-    response_lengths = torch.tensor(
-        [len(r.token_ids) for group in responses for r in group], dtype=torch.float32
-    )
     results = {
         "settings": {
             "model": str(args.model),
             "model_kind": model_kind,
             "data": [str(p) for p in args.data],
-            "num_prompts": count,
-            "m": m,
+            "num_prompts": len(prompt_ids),
+            "m": study.m,
             "seed": args.seed,
             "temperature": args.temperature,
             "top_p": args.top_p,
             "max_new_tokens": args.max_new_tokens,
-            "probe": {
-                "name": "ridge",
-                "prompt_components": args.prompt_components,
-                "response_components": args.response_components,
-                "alpha": args.ridge_alpha,
-                "pool_tokens": args.pool_tokens,
-                "entropy_features": list(features.entropy_names),
-                "end_of_thinking_token": think_token if think_id is not None else None,
-                "probe_layer": probe_layer,
-                "decoder_layers": layer_count,
-                "feature_capture": "core.capture.PackedPoolingHook on every swept layer, one packed forward",
-            },
-            "critic": {
-                "parameters": run_critic.parameters,
-                "lr": run_critic.lr,
-                "epochs": run_critic.epochs,
-                "batch_size": args.critic_batch_size,
-                "lr_grid": args.critic_lr,
-                "max_epochs": args.critic_epochs,
-                "validation_prompts": selection.get("validation_prompts", 0),
-                "tokens": run_critic.tokens,
-            },
-            "device": str(device),
+            "probe": probe_settings,
+            **compared["settings"],
+            "device": str(next(model.parameters()).device),
             "threads": torch.get_num_threads(),
         },
-        "data_summary": {
-            "train_prompts": len(train),
-            "heldout_prompts": len(heldout),
-            "rollouts": count * m,
-            "mean_pass_rate": float(pass_rates.mean()),
-            "heldout_mean_pass_rate": float(target_heldout.mean()),
-            "fraction_prompts_all_wrong": float((pass_rates == 0).float().mean()),
-            "fraction_prompts_all_right": float((pass_rates == 1).float().mean()),
-            "mean_response_tokens": float(response_lengths.mean()),
-            "truncated_fraction": float(sum(r.truncated for g in responses for r in g) / (count * m)),
-            "empty_response_pools": features.empty_responses,
-            "pearson_ceiling_heldout": pearson_ceiling(target_heldout, m),
-        },
-        "estimators": estimators,
-        "disjoint_target": disjoint,
-        "layer_sweep": sweep,
-        "critic_selection": selection["grid"],
+        "data_summary": data_summary(study, responses, features),
+        "estimators": compared["estimators"],
+        "disjoint_target": compared["disjoint_target"],
+        "layer_sweep": [fits[layer].entry for layer in layers],
+        **compared["records"],
         "timing": {**timing, "total_seconds": time.monotonic() - started},
         "paper_anchor": PAPER_ANCHOR,
     }
-    report.check_finite(results)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (output / "results.md").write_text(report.markdown(results))
-    report.plot_layer_sweep(sweep, probe_layer, output / "layer_sweep.png")
-    report.plot_scatter(
-        target_heldout, {"probe": value_m, "critic": critic_values}, output / "scatter.png", m
-    )
+    report.write(results, Path(args.output), study.pass_rates[heldout], compared["scatter"])
     return results
+
+
+def data_summary(study: Study, responses, features: RolloutFeatures) -> dict:
+    """What the sampled rollouts look like: pass rates, lengths, truncation, and the Pearson noise ceiling."""
+    pass_rates, m = study.pass_rates, study.m
+    count = len(study.prompt_ids)
+    target = pass_rates[study.heldout]
+    lengths = torch.tensor([len(r.token_ids) for group in responses for r in group], dtype=torch.float32)
+    return {
+        "train_prompts": len(study.train),
+        "heldout_prompts": len(study.heldout),
+        "rollouts": count * m,
+        "mean_pass_rate": float(pass_rates.mean()),
+        "heldout_mean_pass_rate": float(target.mean()),
+        "fraction_prompts_all_wrong": float((pass_rates == 0).float().mean()),
+        "fraction_prompts_all_right": float((pass_rates == 1).float().mean()),
+        "mean_response_tokens": float(lengths.mean()),
+        "truncated_fraction": float(sum(r.truncated for g in responses for r in g) / (count * m)),
+        "empty_response_pools": features.empty_responses,
+        "pearson_ceiling_heldout": pearson_ceiling(target, m),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

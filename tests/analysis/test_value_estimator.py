@@ -12,6 +12,7 @@ import torch
 
 from poise_verl.analysis import value_estimator
 from poise_verl.analysis.policy import eos_token_ids, load_policy
+from poise_verl.analysis.probe_sweep import metrics, probe_fit_flops
 from poise_verl.analysis.prompts import encode_prompt, read_prompts
 from poise_verl.analysis.sampling import generate_hf
 
@@ -113,10 +114,10 @@ def test_helpers():
     assert value_estimator.pearson_ceiling(torch.full((10,), 0.5), 8) == 0.0
     spread = torch.tensor([0.0, 0.125, 0.5, 0.875, 1.0] * 4)
     assert 0.8 < value_estimator.pearson_ceiling(spread, 8) < 1.0
-    small = value_estimator.probe_fit_flops(100, (128, 128, 3), (32, 64))
-    large = value_estimator.probe_fit_flops(4096, (2560, 2560, 3), (32, 64))
+    small = probe_fit_flops(100, (128, 128, 3), (32, 64))
+    large = probe_fit_flops(4096, (2560, 2560, 3), (32, 64))
     assert 0 < small < large and math.isfinite(large)
-    constant = value_estimator.metrics(torch.full((5,), 0.4), torch.tensor([0.0, 0.2, 0.5, 0.7, 1.0]))
+    constant = metrics(torch.full((5,), 0.4), torch.tensor([0.0, 0.2, 0.5, 0.7, 1.0]))
     assert constant["pearson"] == 0.0 and constant["mae"] == pytest.approx(0.32)
 
 
