@@ -1,15 +1,16 @@
-"""Probe features from one packed forward equal per-rollout references built from the core's pooling."""
+"""Probe features from one packed forward equal per-rollout references pooled in the padded layout
+(tests/pooling_reference.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from pooling_reference import pool_padded, response_cut_at_last_token
 
 from poise_verl.analysis.features import check_packed_forward, end_of_thinking_id, extract_features
 from poise_verl.analysis.policy import load_policy
 from poise_verl.core.capture import decoder_layers
 from poise_verl.core.entropy import entropy_feature_matrix, entropy_statistics
-from poise_verl.core.pooling import pool_padded, response_cut_at_last_token
 
 RESPONSES = [
     "54</think>\\boxed{45}<|im_end|>",  # the task's format

@@ -1,4 +1,5 @@
-"""Pooling: padded and packed layouts against a plain loop, on random shapes."""
+"""Pooling: the packed layout training uses and the padded reference (tests/pooling_reference.py) against a
+plain loop, on random shapes."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pooling_reference import pool_padded, response_cut_at_last_token
 
 from poise_verl.core.pooling import (
     pool_at_positions,
     pool_packed,
-    pool_padded,
     pooled_positions_packed,
     pooled_positions_right_padded_rows,
+    response_cut_at_last_token_packed,
 )
 
 
@@ -217,8 +219,6 @@ def test_response_cut_at_last_end_of_thinking_token(seed):
     response_ids = torch.zeros(len(lengths), width_t, dtype=torch.int64)
     for b, (p, r) in enumerate(lengths):
         response_ids[b, :r] = ids[b][p:]
-    from poise_verl.core.pooling import response_cut_at_last_token, response_cut_at_last_token_packed
-
     cut_padded = response_cut_at_last_token(response_ids, mask[:, width_p:], THINK)
     pooled_cut = response_cut_at_last_token_packed(torch.cat(ids), cu, response_lengths, THINK)
     expected = torch.tensor([_loop_cut(ids[b][p:].tolist(), THINK) for b, (p, _) in enumerate(lengths)])
@@ -237,7 +237,5 @@ def test_response_cut_at_last_end_of_thinking_token(seed):
 
 
 def test_response_cut_of_an_empty_response_block():
-    from poise_verl.core.pooling import response_cut_at_last_token
-
     cut = response_cut_at_last_token(torch.zeros(3, 0, dtype=torch.int64), torch.zeros(3, 0), THINK)
     assert torch.equal(cut, torch.zeros(3, dtype=torch.int64))
