@@ -1,8 +1,10 @@
-"""Smoke test of the prepared GPU check (benchmarks/gpu_check.py): its --quick path, run as a user runs it.
+"""The prepared GPU check (benchmarks/gpu_check/) on its --quick path, run as a user runs it.
 
-The full check needs a GPU and runs once per GPU session, so this test makes sure the one code path both
-share works on the CPU: a tiny random Qwen3, packed micro-batches, the capture hook, the checks, the
-probe timings, the JSON file and the markdown table.
+The full check needs a GPU and runs once per GPU session, so these tests make sure the code both share works
+on the CPU: the tiny policy's architecture, packed micro-batches, the capture hook, the checks, the probe
+timings, the JSON file and the markdown table. verl is installed here, so the quick run also times verl's own
+engine (FSDPEngineWithLMHead against PoiseFSDPEngine with the capture flag) and checks that the hand-written
+forward the GPU box times (it has no verl) computes what verl's engine computes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # The only entries that may be null in a quick run: no CUDA version on a CPU build.
@@ -30,8 +34,10 @@ def _leaves(value, path=""):
         yield path, value
 
 
-def test_quick_path_writes_finite_results(tmp_path):
-    out = tmp_path / "gpu_check.json"
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One ``python -m benchmarks.gpu_check --quick`` run: its process result and its JSON."""
+    out = tmp_path_factory.mktemp("gpu_check") / "gpu_check.json"
     env = {key: value for key, value in os.environ.items() if key != "OUT"}
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.gpu_check", "--quick", "--out", str(out)],
@@ -40,13 +46,18 @@ def test_quick_path_writes_finite_results(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=400,
     )
+    data = json.loads(out.read_text()) if out.exists() else None
+    return result, data
+
+
+def test_quick_path_writes_finite_results(quick_run):
+    result, data = quick_run
     log = result.stdout[-4000:] + result.stderr[-4000:]
     assert result.returncode == 0, log
     assert "| quantity | value |" in result.stdout, log
 
-    data = json.loads(out.read_text())
     assert data["status"] == "done" and data["errors"] == {}, data["errors"]
     assert all(data["phases"][name]["ok"] for name in data["phases"]), log
 
@@ -84,3 +95,26 @@ def test_quick_path_writes_finite_results(tmp_path):
         assert isinstance(summary[key], float) and math.isfinite(summary[key]), key
     assert summary["step_lower_bound_s"] > 0
     assert data["phases"]["probe"]["predictions_finite"]
+
+
+def test_verls_engine_is_timed_and_the_hand_written_forward_matches_it(quick_run):
+    """Where verl imports, the timed forward is verl's engine; the hand-written forward (what a machine without
+    verl times) gives verl's log-probs, entropies and pooled features on the tiny policy's architecture."""
+    result, data = quick_run
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    forward = data["phases"]["forward"]
+    assert forward["timed_path"] == "verl_engine" and data["summary"]["timed_path"] == "verl_engine"
+    assert "timed path: verl's engine" in result.stdout
+    assert data["phases"]["engine_build"]["engines"] == ["FSDPEngineWithLMHead", "PoiseFSDPEngine"]
+    # Three conditions, alternating: plain engine, POISE's engine with and without the capture flag.
+    assert set(forward["times_s"]) == {"without", "with", "poise_engine_flag_off"}
+
+    same = data["phases"]["engine_equivalence"]
+    assert same["equal"] and data["summary"]["engine_matches_hand_written"], same
+    assert same["log_probs_shape"] == [forward["tokens"]] and same["entropy_shape"] == [forward["tokens"]]
+    hidden = data["phases"]["environment"]["model"]["hidden_size"]
+    assert same["prompt_features_shape"] == same["response_features_shape"] == [forward["sequences"], hidden]
+    # fp32 on both sides: the attention kernels differ (one SDPA call per sequence vs one over the packed row
+    # with packed position ids), so the two agree to float32 rounding, far below what a wrong pool would give.
+    for part in ("log_probs", "entropy", "prompt_features", "response_features"):
+        assert same[f"{part}_max_rel_diff"] < 1e-5, (part, same)
