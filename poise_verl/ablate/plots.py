@@ -64,15 +64,20 @@ def _draw(
     return drawn
 
 
-def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, drawn: bool) -> Path:
+def _label(ax, title: str, xlabel: str, ylabel: str, drawn: bool, empty: str | None = "no data logged") -> None:
+    """Title, axis labels and grid; the legend when something was drawn, else the ``empty`` note."""
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if drawn:
         ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no data logged", ha="center", va="center", transform=ax.transAxes)
+    elif empty:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+
+
+def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str, drawn: bool) -> Path:
+    _label(ax, title, xlabel, ylabel, drawn)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -115,21 +120,9 @@ def advantage_figure(runs_by_algo, std_keys: list[str], path: Path) -> Path:
         key = next((k for k in std_keys if runs and all(k in run.columns for run in runs)), None)
         if key is not None:
             drawn_left |= _draw(left, {algo: runs}, key, None, label_suffix=f" {key}")
-    left.set_title(f"Per-rollout advantage std (band: {SPREAD})", fontsize=10)
-    left.set_xlabel("training step")
-    left.set_ylabel("std of A_i over the batch")
-    left.grid(alpha=0.3)
-    if drawn_left:
-        left.legend(fontsize=8)
-    else:
-        left.text(
-            0.5,
-            0.5,
-            "no algorithm logged an advantage std",
-            ha="center",
-            va="center",
-            transform=left.transAxes,
-        )
+    title = f"Per-rollout advantage std (band: {SPREAD})"
+    empty = "no algorithm logged an advantage std"
+    _label(left, title, "training step", "std of A_i over the batch", drawn_left, empty)
     drawn_max = _draw(right, runs_by_algo, "critic/advantages/max", None, label_suffix=" max")
     drawn_min = _draw(right, runs_by_algo, "critic/advantages/min", None, label_suffix=" min", linestyle="--")
     return _finish(
@@ -157,12 +150,8 @@ def probe_figure(algo: str, runs: list[pd.DataFrame], path: Path) -> Path:
         linestyle="--",
         colour="tab:red",
     )
-    left.set_title(f"Probe prediction vs realised reward (band: {SPREAD})", fontsize=10)
-    left.set_xlabel("training step")
-    left.set_ylabel("batch mean")
-    left.grid(alpha=0.3)
-    if drawn:
-        left.legend(fontsize=8)
+    title = f"Probe prediction vs realised reward (band: {SPREAD})"
+    _label(left, title, "training step", "batch mean", drawn, empty=None)
     drawn_r = _draw(right, {algo: runs}, "poise/probe_pearson", None)
     return _finish(
         fig, right, path, "Probe baseline vs reward: Pearson r", "training step", "Pearson r", drawn_r
