@@ -1,70 +1,146 @@
-"""POISE's configuration: the typed `poise` section, the Hydra resolvers, and start-up validation.
+"""POISE's configuration: the names poise-verl registers with verl, the typed `poise` section, the Hydra
+resolvers, and start-up validation.
 
-Validation runs once, in the driver, before Ray starts: every combination that would fail (or silently do
-the wrong thing) later is refused here with a message that names the key and what to change.
+The one source of every default is the Hydra tree (``hydra_configs/poise_trainer.yaml``, the file users
+read): the dataclasses below mirror its ``poise`` section without defaults of their own, and
+``PoiseSettings.from_config`` refuses a missing or unknown key. Validation runs once, in the driver, before
+Ray starts: every combination that would fail (or silently do the wrong thing) later is refused here with
+a message that names the key and what to change.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-# POISE needs a partner rollout per prompt; verl's trainer modes that POISE's estimator runs under.
-POISE_TRAINER_MODE = "poise"
-DAPO_TRAINER_MODE = "dapo"
+# The names poise-verl registers in verl's registries, each defined once.
+POISE_ADV_ESTIMATOR = "poise"  # algorithm.adv_estimator: verl's register_adv_est
+POISE_ENGINE_VENDOR = "poise"  # VERL_ENGINE_VENDOR: the feature-capture engine in verl's EngineRegistry
+
+
+class TrainerMode:
+    """``trainer.v1.trainer_mode`` values registered with verl's ``register_trainer``."""
+
+    # verl's sync trainer plus reward checks and the shared advantage metric (GRPO and any verl estimator).
+    CHECKED_SYNC = "checked_sync"
+    # CHECKED_SYNC plus a bound on DAPO's dynamic sampling.
+    DAPO = "dapo"
+    # CHECKED_SYNC plus feature capture, probe baselines and probe state in checkpoints.
+    POISE = "poise"
+
+
+def _typed(cls, raw: Any, where: str):
+    """Build dataclass ``cls`` from a mapping, refusing missing and unknown keys (named with ``where``)."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"{where} must be a mapping, got {raw!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown, missing = sorted(set(raw) - names), sorted(names - set(raw))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing} (hydra_configs/poise_trainer.yaml declares them)")
+    return cls(**raw)
+
+
+@dataclass(frozen=True)
+class RidgeHead:
+    """``poise.probe.ridge``."""
+
+    alpha: float
+
+
+@dataclass(frozen=True)
+class LogisticHead:
+    """``poise.probe.logistic``."""
+
+    l2: float
+    max_iter: int
+
+
+@dataclass(frozen=True)
+class MLPHead:
+    """``poise.probe.mlp``."""
+
+    hidden: int
+    lr: float
+    epochs: int
+    batch_size: int
+    l2: float
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    """``poise.probe``: which probe and its hyperparameters (official defaults)."""
+    """``poise.probe``: which probe, the shared PCA sizes and seed, and each head's hyperparameters."""
 
-    name: str = "ridge"
-    prompt_pca_dim: int = 32
-    response_pca_dim: int = 64
-    ridge_alpha: float = 100.0
-    seed: int = 0
+    name: str
+    prompt_pca_dim: int
+    response_pca_dim: int
+    seed: int
+    ridge: RidgeHead
+    logistic: LogisticHead
+    mlp: MLPHead
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ProbeSettings:
+        heads = {"ridge": RidgeHead, "logistic": LogisticHead, "mlp": MLPHead}
+        raw = dict(raw)
+        for head, head_cls in heads.items():
+            raw[head] = _typed(head_cls, raw.get(head, {}), f"poise.probe.{head}")
+        settings = _typed(cls, raw, "poise.probe")
+        if settings.name not in heads:
+            raise ValueError(f"poise.probe.name={settings.name!r}: choose one of {sorted(heads)}")
+        return settings
+
+
+def build_value_probe(settings: ProbeSettings):
+    """A fresh, unfitted probe of ``poise.probe`` (``poise_verl.core.probe.build_probe``)."""
+    from poise_verl.core.probe import build_probe
+
+    return build_probe(
+        settings.name,
+        prompt_components=settings.prompt_pca_dim,
+        response_components=settings.response_pca_dim,
+        seed=settings.seed,
+        **dataclasses.asdict(getattr(settings, settings.name)),
+    )
 
 
 @dataclass(frozen=True)
 class BufferSettings:
     """``poise.buffer``: per-domain row capacity and the dataset column naming the domain."""
 
-    capacity: dict[str, int] = field(default_factory=lambda: {"math": 4096, "code": 3072, "other": 3072})
-    domain_key: str = "ability"
+    capacity: dict[str, int]
+    domain_key: str
 
 
 @dataclass(frozen=True)
 class PoiseSettings:
-    """The ``poise`` section, typed. See hydra_configs/poise_trainer.yaml for the meaning of each key."""
+    """The ``poise`` section, typed. hydra_configs/poise_trainer.yaml says what each key means."""
 
-    probe_layer: int = 19
-    pool_last_k: int = 10
-    entropy_features: tuple[str, ...] = ("entropy_mean", "entropy_reasoning_mean", "entropy_answer_mean")
-    end_of_thinking_token: str | None = "</think>"
-    response_pool_until_end_of_thinking: bool = True
-    bootstrap_steps: int = 16
-    min_fit_rows: int = 64
-    probe: ProbeSettings = field(default_factory=ProbeSettings)
-    buffer: BufferSettings = field(default_factory=BufferSettings)
+    probe_layer: int
+    pool_last_k: int
+    entropy_features: tuple[str, ...]
+    end_of_thinking_token: str | None
+    response_pool_until_end_of_thinking: bool
+    bootstrap_steps: int
+    min_fit_rows: int
+    probe: ProbeSettings
+    buffer: BufferSettings
 
     @classmethod
     def from_config(cls, section: DictConfig | dict) -> PoiseSettings:
         raw: dict[str, Any] = (
-            OmegaConf.to_container(section, resolve=True)
-            if isinstance(section, DictConfig)
-            else dict(section)
+            OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
         )
-        known = set(cls.__dataclass_fields__)
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"poise: unknown key(s) {sorted(unknown)}; valid keys are {sorted(known)}")
-        probe = ProbeSettings(**raw.pop("probe", {}))
-        buffer = BufferSettings(**raw.pop("buffer", {}))
+        raw["probe"] = ProbeSettings.from_dict(raw.get("probe", {}))
+        raw["buffer"] = _typed(BufferSettings, raw.get("buffer", {}), "poise.buffer")
         raw["entropy_features"] = tuple(raw.get("entropy_features", ()))
-        settings = cls(probe=probe, buffer=buffer, **raw)
+        settings = _typed(cls, raw, "poise")
         settings.check()
         return settings
 
@@ -81,6 +157,23 @@ class PoiseSettings:
             raise ValueError(
                 f"poise.buffer.capacity must map domains to positive row counts, got {self.buffer.capacity}"
             )
+        from poise_verl.core.buffer import FALLBACK_DOMAIN
+
+        if FALLBACK_DOMAIN not in self.buffer.capacity:
+            raise ValueError(
+                f"poise.buffer.capacity must have a row count for {FALLBACK_DOMAIN!r} (rows of any domain it does "
+                f"not list go there), got {sorted(self.buffer.capacity)}"
+            )
+
+
+# poise_verl/hydra_configs links to the top-level hydra_configs/ in a checkout; a wheel carries the files.
+CONFIG_DIR = Path(__file__).resolve().parent / "hydra_configs"
+
+
+def default_poise_settings() -> PoiseSettings:
+    """The ``poise`` section of the base config (the tiny CPU default), for code outside a Hydra run
+    (analysis, benchmarks): read from the yaml itself, so its defaults stay the only ones."""
+    return PoiseSettings.from_config(OmegaConf.load(CONFIG_DIR / "poise_trainer.yaml").poise)
 
 
 def _div(a: Any, b: Any) -> int:
@@ -115,7 +208,13 @@ def _module_file(module: str) -> str:
 
 def register_resolvers() -> None:
     """Register poise-verl's OmegaConf resolvers (idempotent). Only the driver resolves the config."""
-    for name, fn in (("poise_div", _div), ("poise_tiny", _tiny), ("poise_module_file", _module_file)):
+    resolvers = (
+        ("poise_div", _div),
+        ("poise_tiny", _tiny),
+        ("poise_module_file", _module_file),
+        ("poise_micro_batch", _micro_batch),
+    )
+    for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
@@ -125,36 +224,53 @@ def validate(config: DictConfig) -> None:
     mode = config.trainer.v1.trainer_mode
     estimator = config.algorithm.adv_estimator
     n = int(config.actor_rollout_ref.rollout.n)
-    if estimator == "poise" and mode != POISE_TRAINER_MODE:
+    if estimator == POISE_ADV_ESTIMATOR and mode != TrainerMode.POISE:
         raise ValueError(
-            f"algorithm.adv_estimator=poise needs the POISE trainer (it writes the probe's predictions): set "
-            f"trainer.v1.trainer_mode={POISE_TRAINER_MODE} (got {mode!r}), or use algo=poise"
+            f"algorithm.adv_estimator={POISE_ADV_ESTIMATOR} needs the POISE trainer (it computes the probe's "
+            f"predictions): set trainer.v1.trainer_mode={TrainerMode.POISE} (got {mode!r}), or use algo=poise"
         )
-    if mode == POISE_TRAINER_MODE:
-        settings = PoiseSettings.from_config(config.poise)
-        if estimator != "poise":
+    if mode == TrainerMode.POISE:
+        PoiseSettings.from_config(config.poise)
+        if estimator != POISE_ADV_ESTIMATOR:
             raise ValueError(
-                f"trainer.v1.trainer_mode=poise expects algorithm.adv_estimator=poise, got {estimator!r}"
+                f"trainer.v1.trainer_mode={TrainerMode.POISE} expects algorithm.adv_estimator="
+                f"{POISE_ADV_ESTIMATOR}, got {estimator!r}"
             )
         if n < 2:
-            raise ValueError(
-                f"POISE needs >= 2 rollouts per prompt (cross-rollout baseline): got rollout.n={n}"
-            )
-        if config.algorithm.use_kl_in_reward:
-            raise ValueError("POISE runs without a KL reward penalty: set algorithm.use_kl_in_reward=false")
-        if config.algorithm.filter_groups.enable:
-            raise ValueError("POISE does not use dynamic sampling: set algorithm.filter_groups.enable=false")
-        correction = config.algorithm.get("rollout_correction", None)
-        if correction is not None and correction.get("bypass_mode", False):
-            raise ValueError(
-                "POISE reads its features from the old-log-prob forward pass, which "
-                "algorithm.rollout_correction.bypass_mode=true skips: set it to false"
-            )
-        del settings
+            raise ValueError(f"POISE needs >= 2 rollouts per prompt (cross-rollout baseline): got rollout.n={n}")
+        _check_algorithm_keys_under_poise(config.algorithm)
     _check_micro_batches(config, n)
     platform = config.runtime.platform
     if platform not in ("cpu", "gpu"):
         raise ValueError(f"runtime.platform must be 'cpu' or 'gpu', got {platform!r}")
+
+
+def _check_algorithm_keys_under_poise(algorithm: DictConfig) -> None:
+    """The ``algorithm.*`` keys verl honours under GRPO that POISE cannot: refused, never silently ignored.
+
+    Honoured under POISE as under GRPO (verl's own advantage stage runs around the ``poise`` estimator):
+    ``use_kl_in_reward``, ``kl_penalty``, ``kl_ctrl`` and ``rollout_correction`` (importance weights and
+    rejection sampling) except its bypass mode. ``gamma``, ``lam`` and ``use_pf_ppo`` act on GAE only, under
+    GRPO too.
+    """
+    if algorithm.get("norm_adv_by_std_in_grpo", False):
+        raise ValueError(
+            "algorithm.norm_adv_by_std_in_grpo=true: POISE's advantages A_i = R_i - b_i are not divided by a "
+            "group std (the official code does not; with two rollouts the std is that of a pair). Set "
+            "algorithm.norm_adv_by_std_in_grpo=false (algo=poise does)"
+        )
+    if algorithm.filter_groups.get("enable", False):
+        raise ValueError(
+            "algorithm.filter_groups.enable=true: POISE does not discard groups whose rewards agree (its probe "
+            "baseline gives them non-zero advantages, and its budget buys prompts, not refills). Set "
+            "algorithm.filter_groups.enable=false, or use algo=dapo for dynamic sampling"
+        )
+    correction = algorithm.get("rollout_correction", None)
+    if correction is not None and correction.get("bypass_mode", False):
+        raise ValueError(
+            "algorithm.rollout_correction.bypass_mode=true skips the old-log-prob forward pass, which is where "
+            "POISE reads its features: set it to false (importance weights and rejection sampling still apply)"
+        )
 
 
 def _check_micro_batches(config: DictConfig, n: int) -> None:
@@ -180,7 +296,31 @@ def _check_micro_batches(config: DictConfig, n: int) -> None:
     for key, total, what in checks:
         micro = OmegaConf.select(config, key)
         if micro and total % int(micro):
+            divisors = [d for d in range(min(total, MAX_MICRO_BATCH), 0, -1) if total % d == 0][:4]
             raise ValueError(
                 f"{key}={micro} does not divide the {total} {what} (budget.rollouts_per_step="
-                f"{OmegaConf.select(config, 'budget.rollouts_per_step')}, n={n}, {world} rank(s)): choose a divisor"
+                f"{OmegaConf.select(config, 'budget.rollouts_per_step')}, n={n}, {world} rank(s)): set it to a "
+                f"divisor such as {', '.join(map(str, divisors))}, or drop the override (the default follows the "
+                "budget)"
             )
+
+
+# The most rollouts one forward pass takes by default (the tiny default's value; GPU recipes use dynamic sizes).
+MAX_MICRO_BATCH = 64
+
+
+def _micro_batch(rollouts: Any, nnodes: Any, gpus_per_node: Any) -> int:
+    """``${poise_micro_batch:rollouts,nnodes,gpus}``: the largest divisor of the rollouts per rank up to 64.
+
+    The micro-batch sizes follow the budget, so every budget that splits evenly over the ranks runs; a size
+    set by hand is checked by ``_check_micro_batches``.
+    """
+    rollouts, world = int(rollouts), int(nnodes) * int(gpus_per_node)
+    if world <= 0 or rollouts <= 0 or rollouts % world:
+        raise ValueError(
+            f"{rollouts} rollouts (budget.rollouts_per_step or budget.rollouts_per_minibatch) do not split evenly "
+            f"over {world} rank(s) (trainer.nnodes x trainer.n_gpus_per_node): choose a budget that is a "
+            "multiple of the number of ranks"
+        )
+    per_rank = rollouts // world
+    return next(d for d in range(min(per_rank, MAX_MICRO_BATCH), 0, -1) if per_rank % d == 0)

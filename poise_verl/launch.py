@@ -14,7 +14,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from poise_verl.config import POISE_TRAINER_MODE, validate
+from poise_verl.config import POISE_ENGINE_VENDOR, TrainerMode, validate
 
 EXTERNAL_MODULES = ["poise_verl.verl_ext.trainer"]
 CPU_MODULES = ["poise_verl.verl_ext.cpu"]
@@ -24,9 +24,9 @@ def runtime_env_vars(config: DictConfig) -> dict[str, str]:
     """Environment every Ray process needs for this config."""
     modules = list(EXTERNAL_MODULES)
     env = {}
-    if config.trainer.v1.trainer_mode == POISE_TRAINER_MODE:
+    if config.trainer.v1.trainer_mode == TrainerMode.POISE:
         modules.append("poise_verl.verl_ext.capture_engine")
-        env["VERL_ENGINE_VENDOR"] = "poise"
+        env["VERL_ENGINE_VENDOR"] = POISE_ENGINE_VENDOR
     if config.runtime.platform == "cpu":
         from poise_verl.verl_ext.cpu import CPU_ENV
 

@@ -11,7 +11,7 @@ only AFTER the advantages are fixed, which keeps the policy gradient unbiased (`
 Nothing here imports Ray, Hydra or verl; inputs are tensors, masks and group ids.
 """
 
-from poise_verl.core.buffer import DEFAULT_CAPACITY_BY_DOMAIN, ProbeDataset, ProbeReplayBuffer
+from poise_verl.core.buffer import FALLBACK_DOMAIN, ProbeDataset, ProbeReplayBuffer, storage_domain
 from poise_verl.core.cross_rollout import (
     check_groups,
     cross_baselines,
@@ -21,6 +21,7 @@ from poise_verl.core.cross_rollout import (
     sibling_targets,
 )
 from poise_verl.core.diagnostics import baseline_diagnostics
+from poise_verl.core.domain_probes import DomainProbes
 from poise_verl.core.entropy import (
     DEFAULT_ENTROPY_FEATURES,
     ENTROPY_FEATURE_NAMES,
@@ -46,13 +47,16 @@ from poise_verl.core.probe import (
     build_probe,
     ridge_fit,
 )
+from poise_verl.core.probe_features import FeatureTransform
 
 __all__ = [
-    "DEFAULT_CAPACITY_BY_DOMAIN",
     "DEFAULT_ENTROPY_FEATURES",
     "DEFAULT_POOL_TOKENS",
     "ENTROPY_FEATURE_NAMES",
+    "FALLBACK_DOMAIN",
     "PROBE_REGISTRY",
+    "DomainProbes",
+    "FeatureTransform",
     "LogisticProbe",
     "MLPProbe",
     "PCARidgeProbe",
@@ -77,4 +81,5 @@ __all__ = [
     "pooled_positions_padded",
     "ridge_fit",
     "sibling_targets",
+    "storage_domain",
 ]

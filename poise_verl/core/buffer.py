@@ -26,10 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_CAPACITY_BY_DOMAIN", "ProbeDataset", "ProbeReplayBuffer"]
+__all__ = ["FALLBACK_DOMAIN", "ProbeDataset", "ProbeReplayBuffer", "storage_domain"]
 
-# Official POISE buffer sizes, in rows.
-DEFAULT_CAPACITY_BY_DOMAIN: dict[str, int] = {"math": 4096, "code": 3072, "other": 3072}
+# Where rows of a domain that has no capacity of its own go (the official code's "other").
+FALLBACK_DOMAIN = "other"
+
+
+def storage_domain(domain: str, known_domains: Mapping[str, Any] | Sequence[str], fallback: str = FALLBACK_DOMAIN) -> str:
+    """The domain a row of ``domain`` is stored (and probed) under: itself when known, else ``fallback``."""
+    return str(domain) if str(domain) in known_domains else fallback
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,18 @@ class ProbeDataset:
     def num_rows(self) -> int:
         return int(self.targets.shape[0])
 
+    def select_domain(self, domain: str) -> ProbeDataset:
+        """The rows stored under ``domain``."""
+        rows = torch.tensor([i for i, d in enumerate(self.domains) if d == domain], dtype=torch.long)
+        return ProbeDataset(
+            prompt_feats=self.prompt_feats[rows],
+            response_feats=self.response_feats[rows],
+            scalar_feats=self.scalar_feats[rows],
+            targets=self.targets[rows],
+            domains=[domain] * int(rows.numel()),
+            uids=[self.uids[i] for i in rows.tolist()],
+        )
+
 
 @dataclass
 class _Group:
@@ -71,14 +88,13 @@ class ProbeReplayBuffer:
     """Per-domain FIFO of whole prompt groups, bounded in rows.
 
     Args:
-        capacity_by_domain: domain -> maximum rows (default ``DEFAULT_CAPACITY_BY_DOMAIN``).
+        capacity_by_domain: domain -> maximum rows (``poise.buffer.capacity``; official: math 4096, code 3072,
+            other 3072).
         fallback_domain: where groups of a domain absent from the table go (must be in the table).
     """
 
-    def __init__(self, capacity_by_domain: Mapping[str, int] | None = None, fallback_domain: str = "other"):
-        self._reset(
-            DEFAULT_CAPACITY_BY_DOMAIN if capacity_by_domain is None else capacity_by_domain, fallback_domain
-        )
+    def __init__(self, capacity_by_domain: Mapping[str, int], fallback_domain: str = FALLBACK_DOMAIN):
+        self._reset(capacity_by_domain, fallback_domain)
 
     def _reset(self, capacity_by_domain: Mapping[str, int], fallback_domain: str) -> None:
         capacity = dict(capacity_by_domain)
@@ -113,7 +129,7 @@ class ProbeReplayBuffer:
 
     def storage_domain(self, domain: str) -> str:
         """The domain a group of ``domain`` is stored under (itself, or the fallback)."""
-        return domain if domain in self.capacity_by_domain else self.fallback_domain
+        return storage_domain(domain, self.capacity_by_domain, self.fallback_domain)
 
     # ----------------------------------------------------------------- inserting
     def add_group(

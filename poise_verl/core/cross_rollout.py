@@ -80,10 +80,10 @@ def _check_counts(counts: torch.Tensor, uniques: list[Any], n: int | None) -> No
     for uid, count in zip(uniques, counts.tolist(), strict=True):
         if count < 2:
             raise ValueError(
-                f"group {uid!r} has {count} rollout(s); cross-rollout baselines need at least 2 per prompt"
+                f"group uid={uid!r} has {count} rollout(s); cross-rollout baselines need at least 2 per prompt"
             )
         if n is not None and count != n:
-            raise ValueError(f"group {uid!r} has {count} rollouts, expected n = {n}")
+            raise ValueError(f"group uid={uid!r} has {count} rollouts, expected n = {n}")
 
 
 def leave_one_out_mean(values: torch.Tensor, group_index: Any) -> torch.Tensor:
@@ -142,24 +142,41 @@ def cross_baselines(predictions: torch.Tensor, group_index: Any) -> torch.Tensor
 
 
 def cross_rollout_advantages(
-    rewards: torch.Tensor, predictions: torch.Tensor, group_index: Any, response_mask: torch.Tensor
+    rewards: torch.Tensor,
+    predictions: torch.Tensor,
+    group_index: Any,
+    response_mask: torch.Tensor,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """POISE advantages A_i = R_i - b_i, b_i = mean_{j != i} g(phi_j), on every response token.
 
-    No std normalisation (unlike GRPO/DAPO): the baseline already carries the prompt's value scale.
+    No std normalisation (unlike GRPO/DAPO): the baseline already carries the prompt's value scale. Passing
+    the rewards themselves as ``predictions`` gives RLOO (b_i = mean of the siblings' rewards), which is how
+    the bootstrap steps run through the same code.
 
     Args:
         rewards: ``(B,)`` sequence-level rewards R_i.
         predictions: ``(B,)`` g(phi_i) of every rollout.
         group_index: ``(B,)`` uids or int tensor.
         response_mask: ``(B, T)``, 1 on response tokens.
+        valid: ``(B,)`` bool, False on rows that are no rollout of a prompt (verl's padding rows, which share
+            a made-up uid): they get advantage 0 and take no part in any group. None: every row is valid.
 
     Returns:
         ``(B, T)`` float32, A_i broadcast over i's response tokens and 0 elsewhere.
     """
-    batch = rewards.reshape(-1).shape[0]
+    rewards = rewards.reshape(-1).to(torch.float32)
+    batch = rewards.shape[0]
     if response_mask.dim() != 2 or response_mask.shape[0] != batch:
         raise ValueError(f"response_mask {tuple(response_mask.shape)} must be (B, T) with B = {batch}")
-    baselines = cross_baselines(predictions.to(torch.float32), group_index)  # b_i
-    advantages = rewards.reshape(-1).to(torch.float32) - baselines.to(rewards.device)  # A_i = R_i - b_i
-    return advantages.unsqueeze(1) * response_mask.to(torch.float32)
+    keep = torch.ones(batch, dtype=torch.bool) if valid is None else valid.reshape(-1).to("cpu", torch.bool)
+    if isinstance(group_index, torch.Tensor):
+        index = group_index.reshape(-1)[keep.to(group_index.device)]
+    else:
+        index = np.asarray(group_index).reshape(-1)[keep.numpy()]
+    per_rollout = torch.zeros(batch, dtype=torch.float32, device=rewards.device)
+    if bool(keep.any()):
+        rows = keep.to(rewards.device)
+        baselines = cross_baselines(predictions.reshape(-1)[rows].to(torch.float32), index)  # b_i
+        per_rollout[rows] = rewards[rows] - baselines.to(rewards.device)
+    return per_rollout.unsqueeze(1) * response_mask.to(torch.float32)  # A_i = R_i - b_i on response tokens

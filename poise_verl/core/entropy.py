@@ -14,15 +14,12 @@ end-of-thinking token (e.g. Qwen3's ``</think>``):
 
 Rule when there is no split point:
 
-- ``end_of_thinking_token_id`` is None (a model without a thinking section): the whole response is the
-  answer part and the reasoning part is empty.
-- the id is given but does not occur in a response: the model never closed its thinking, almost always
-  because the response hit the length limit mid-thought. The whole response is the reasoning part and the
-  answer part is empty. We prefer this to "everything is the answer": it keeps the reasoning mean
-  informative, and an answer mean of 0 marks "no answer produced", which predicts a zero reward. (The
-  official code finds the parts with a ``<think>...</think>`` regex on the decoded text and gives 0 to both
-  the reasoning and the answer means when ``</think>`` is missing; we agree on the answer part and keep
-  more information in the reasoning part.)
+- ``end_of_thinking_token_id`` is None (the model has no thinking section; a project option, not in the
+  official code): the whole response is the answer part and the reasoning part is empty.
+- the id is given but does not occur in a response (the model never closed its thinking, almost always
+  because the response hit the length limit mid-thought): both parts are empty, so the reasoning and
+  answer means are 0, as in the official code (``_rollout_entropy_features``: its ``<think>...</think>``
+  and after-``</think>`` spans both need the closing tag). The whole-output statistics are unaffected.
 
 An empty part (including an empty response) gives 0 for every statistic of that part, never NaN; the
 whole-output statistics of an empty response are 0 as well.
@@ -106,10 +103,12 @@ def entropy_statistics(
         if response_ids.shape != mask.shape:
             raise ValueError(f"response_ids {tuple(response_ids.shape)} must match {tuple(mask.shape)}")
         is_end = mask & (response_ids == end_of_thinking_token_id)
-        # First end-of-thinking position; rows without one split after the last column (all reasoning).
+        closed = is_end.any(1, keepdim=True)  # (B, 1): the response has an end-of-thinking token
         first_end = torch.where(is_end, positions, torch.full_like(positions, width)).min(1).values
-        reasoning = mask & (positions <= first_end.unsqueeze(1))
+        reasoning = mask & closed & (positions <= first_end.unsqueeze(1))
     answer = mask & ~reasoning
+    if end_of_thinking_token_id is not None:
+        answer = answer & closed  # never closed: no answer part either (official)
 
     # Last real token: the largest masked position (0 for an empty row, then zeroed below).
     last_position = torch.where(mask, positions, torch.full_like(positions, -1)).max(1).values.clamp(min=0)

@@ -67,6 +67,7 @@ class BanditConfig:
     response_extra_dims: int = 4
     surprisal_noise: float = 0.1
     refit_alpha: float = 1.0  # ridge alpha of the "refit on this batch" mistake
+    probe_alpha: float = 100.0  # ridge alpha of the POISE probe (the official value; the claim holds for any)
     seed: int = 0
 
 
@@ -151,7 +152,7 @@ def _fit_probe(config: BanditConfig, generator: torch.Generator) -> PCARidgeProb
     earlier = _sample(config, max(1, config.probe_fit_groups // config.groups_per_batch), generator)
     rewards = earlier["reward"].reshape(-1)
     group_index = torch.arange(rewards.shape[0]) // 2  # rollouts 2g and 2g + 1 are siblings
-    probe = PCARidgeProbe()
+    probe = PCARidgeProbe(prompt_components=32, response_components=64, seed=config.seed, alpha=config.probe_alpha)
     probe.fit(
         _flat(earlier, "prompt_feats"),
         _flat(earlier, "response_feats"),

@@ -6,32 +6,29 @@ computes (pooled hidden states of one layer plus entropy statistics) and uses g'
 rollouts as baselines: b_i = mean_{j != i} g(phi_j), A_i = R_i - b_i (see ``cross_rollout``). The probe is
 refit from scratch every step on a replay buffer of (phi_j, mean reward of j's siblings) rows.
 
-All probes share one front end, fitted on the training rows only:
-
-1. standardise each block (prompt pool ``(N, Hp)``, response pool ``(N, Hr)``, scalars ``(N, S)``): mean
-   and std over the fit rows, std floored at ``std_floor`` so constant columns map to 0;
-2. PCA of the standardised prompt block to 32 dims and of the response block to 64 dims (official
-   defaults; 32 + 64 + 3 scalars = 99 inputs). When there are fewer rows or features than requested, the
-   block keeps ``min(requested, n_rows - 1, n_features)`` components (centred data of N rows has rank at
-   most N - 1; a further component would be an arbitrary null-space direction). PCA runs in float64, as an
-   eigendecomposition of the (F, F) Gram matrix when N >= F and an SVD of the data otherwise; each
-   component's sign is fixed so that its largest-magnitude loading is positive, which makes the fit
-   deterministic;
-3. concatenate ``[prompt scores, response scores, standardised scalars]`` -> ``(N, D)``.
-
-Heads (``PROBE_REGISTRY``):
+Every probe shares one input transform (``probe_features.FeatureTransform``, the official order: PCA of the
+raw pooled states to 32 / 64 dims, concatenation with the scalars, one standardisation) and differs in its
+head (``PROBE_REGISTRY``), each matching the official ``fit_estimator`` (holi-lab/POISE
+``src/poise/estimator.py``) with the official fit config's single ``alpha`` as its penalty:
 
 - ``"ridge"``, ``PCARidgeProbe`` (official default): closed-form ridge, alpha = 100, unpenalised intercept,
-  float64, predictions clipped to [0, 1]. "Linear ridge is competitive with larger MLP probes."
-- ``"logistic"``, ``LogisticProbe``: sigmoid output trained with BCE on targets in [0, 1] by LBFGS, with an
-  L2 penalty.
-- ``"mlp"``, ``MLPProbe``: one hidden layer of 64 ReLU units, sigmoid output, BCE, Adam lr 1e-3, a fixed
-  number of epochs, seeded mini-batch order and initialisation.
+  float64. "Linear ridge is competitive with larger MLP probes."
+- ``"logistic"``, ``LogisticProbe`` (official ``sigmoid_bce``): sigmoid output, BCE against targets clipped
+  to [1e-6, 1 - 1e-6], L2 penalty ``l2 / (2 N) ||w||^2``, LBFGS from w = 0 and the intercept at the logit
+  of the mean target.
+- ``"mlp"``, ``MLPProbe`` (official: scikit-learn's ``MLPRegressor``): one hidden ReLU layer of 64, identity
+  output, squared loss plus ``l2 / (2 b) ||W||^2`` per mini-batch of b rows, Adam lr 1e-3, mini-batches of
+  min(8192, N) rows reshuffled every epoch, at most ``epochs`` (1000) epochs, stopping once the epoch loss
+  has not improved by 1e-4 for 10 epochs (scikit-learn's ``tol`` and ``n_iter_no_change``), Glorot-uniform
+  initialisation from a seeded generator.
 
-Degenerate fits never raise: with fewer than 2 rows, or when every target is equal, there is nothing to
-regress, and the probe becomes a constant predictor equal to the mean target clipped to [0, 1] (0.5 when
-there are no rows at all, the midpoint of the reward range). ``fit`` reports this as
-``constant_fallback = 1``. Predicting before any ``fit`` raises ``RuntimeError``.
+Predictions are clipped to [0, 1] (the reward range). Degenerate fits never raise: with fewer than 2 rows,
+or when every target is equal, there is nothing to regress, and the probe becomes a constant predictor
+equal to the mean target clipped to [0, 1] (0.5 with no rows at all, the midpoint of the reward range);
+``fit`` reports it as ``constant_fallback = 1``. Predicting before any ``fit`` raises ``RuntimeError``.
+
+Hyperparameters have no defaults here: the one source of defaults is the ``poise.probe`` section of the
+Hydra tree (``hydra_configs/poise_trainer.yaml``), read by ``poise_verl.config``.
 """
 
 from __future__ import annotations
@@ -40,6 +37,8 @@ import math
 from typing import Any
 
 import torch
+
+from poise_verl.core.probe_features import FeatureTransform
 
 __all__ = [
     "PROBE_REGISTRY",
@@ -60,134 +59,20 @@ def _as_matrix(values: torch.Tensor, name: str) -> torch.Tensor:
     return values.detach().to(device="cpu", dtype=_DTYPE)
 
 
-def _fix_signs(components: torch.Tensor) -> torch.Tensor:
-    """``(c, F)`` -> same components with each row's largest-|.| loading made positive."""
-    if components.numel() == 0:
-        return components
-    largest = components.abs().argmax(1, keepdim=True)  # (c, 1)
-    signs = torch.sign(components.gather(1, largest))
-    signs[signs == 0] = 1.0
-    return components * signs
-
-
-# Blocks with more rows or features than this use randomised PCA (scikit-learn's `svd_solver="auto"` rule).
-RANDOMIZED_PCA_ABOVE = 500
-
-
-def _randomized_components(z: torch.Tensor, count: int, seed: int) -> torch.Tensor:
-    """Top ``count`` principal axes ``(count, F)`` of the centred ``(N, F)`` block ``z`` by randomised subspace
-    iteration (Halko, Martinsson and Tropp 2011), seeded so that a refit on the same rows is identical."""
-    generator = torch.Generator().manual_seed(seed)
-    width = min(count + 10, min(z.shape))  # oversampling
-    # scikit-learn's n_iter="auto": 7 power iterations for few components, else 4.
-    iterations = 7 if count < 0.1 * min(z.shape) else 4
-    basis = z @ torch.randn(z.shape[1], width, generator=generator, dtype=z.dtype)  # (N, width)
-    for _ in range(iterations):
-        basis, _ = torch.linalg.qr(basis)
-        basis, _ = torch.linalg.qr(z @ (z.T @ basis))
-    basis, _ = torch.linalg.qr(basis)
-    _, _, vh = torch.linalg.svd(basis.T @ z, full_matrices=False)  # (width, F) projected block
-    return vh[:count].contiguous()
-
-
-class _FrontEnd:
-    """Standardise each block, PCA the two hidden-state blocks, concatenate (see module docstring)."""
-
-    def __init__(self, prompt_components: int, response_components: int, std_floor: float, seed: int = 0):
-        self.prompt_components = prompt_components
-        self.response_components = response_components
-        self.std_floor = std_floor
-        self.seed = seed
-        self.state: dict[str, torch.Tensor] = {}
-
-    def _standardise_fit(self, block: torch.Tensor, prefix: str) -> torch.Tensor:
-        if block.shape[0] > 0:
-            mean, std = block.mean(0), block.std(0, correction=0).clamp(min=self.std_floor)
-        else:  # no rows: an identity transform, so shapes still work downstream
-            mean, std = torch.zeros(block.shape[1], dtype=_DTYPE), torch.ones(block.shape[1], dtype=_DTYPE)
-        self.state[f"{prefix}_mean"], self.state[f"{prefix}_std"] = mean, std
-        return (block - mean) / std
-
-    def _pca_fit(self, standardised: torch.Tensor, requested: int, prefix: str) -> torch.Tensor:
-        rows, features = standardised.shape
-        # Centred data of N rows has rank <= N - 1: a further component would be an arbitrary direction of
-        # the null space (LAPACK-dependent), so keep at most N - 1.
-        count = min(requested, max(rows - 1, 0), features)
-        if count == 0:
-            components = torch.zeros(0, features, dtype=_DTYPE)
-        elif max(rows, features) > RANDOMIZED_PCA_ABOVE and count < 0.8 * min(rows, features):
-            # Large blocks (a 4096-row buffer of H = 2560 features), few components: randomised PCA, as
-            # scikit-learn's PCA (the official code's) does in this regime. An exact eigendecomposition computes
-            # all 2560 axes to keep 32 or 64 and took ~20 s single-threaded.
-            components = _fix_signs(_randomized_components(standardised, count, self.seed))
-        elif rows >= features:
-            # The usual case (a 4096-row buffer, H = 2560): the principal axes are the top eigenvectors of
-            # the (F, F) Gram matrix Z^T Z; one matmul + eigh is about twice as fast as an SVD of Z.
-            _, eigenvectors = torch.linalg.eigh(standardised.T @ standardised)  # ascending eigenvalues
-            components = _fix_signs(eigenvectors[:, -count:].flip(1).T.contiguous())
-        else:
-            # Few rows: Z = U S V^T is cheap; the principal axes are the rows of V^T (sorted by S).
-            _, _, vh = torch.linalg.svd(standardised, full_matrices=False)
-            components = _fix_signs(vh[:count].contiguous())
-        self.state[f"{prefix}_components"] = components
-        return standardised @ components.T
-
-    def fit_transform(
-        self, prompt: torch.Tensor, response: torch.Tensor, scalar: torch.Tensor
-    ) -> torch.Tensor:
-        self.state = {}
-        prompt_scores = self._pca_fit(
-            self._standardise_fit(prompt, "prompt"), self.prompt_components, "prompt"
-        )
-        response_scores = self._pca_fit(
-            self._standardise_fit(response, "response"), self.response_components, "response"
-        )
-        scalar_scores = self._standardise_fit(scalar, "scalar")
-        return torch.cat([prompt_scores, response_scores, scalar_scores], dim=1)
-
-    def transform(self, prompt: torch.Tensor, response: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
-        state = self.state
-        parts = []
-        for prefix, block in (("prompt", prompt), ("response", response)):
-            standardised = (block - state[f"{prefix}_mean"]) / state[f"{prefix}_std"]
-            parts.append(standardised @ state[f"{prefix}_components"].T)
-        parts.append((scalar - state["scalar_mean"]) / state["scalar_std"])
-        return torch.cat(parts, dim=1)
-
-    @property
-    def num_prompt_components(self) -> int:
-        return int(self.state["prompt_components"].shape[0])
-
-    @property
-    def num_response_components(self) -> int:
-        return int(self.state["response_components"].shape[0])
-
-
 class ValueProbe:
-    """Base class of the value probes: a shared front end, a head, a constant fallback.
+    """Base class of the value probes: the shared input transform, a head, a constant fallback.
 
     Subclasses implement ``_fit_head(x (N, D) float64, y (N,) float64) -> dict``,
-    ``_predict_head(x (N, D)) -> (N,)`` and ``_head_state`` / ``_load_head_state``.
+    ``_predict_head(x (N, D)) -> (N,)``, ``_head_state`` / ``_load_head_state`` and ``config``.
     """
 
     name = "base"
 
-    def __init__(
-        self,
-        prompt_components: int = 32,
-        response_components: int = 64,
-        std_floor: float = 1e-6,
-        seed: int = 0,
-    ):
-        if prompt_components < 0 or response_components < 0:
-            raise ValueError("the numbers of PCA components must be >= 0")
-        if std_floor <= 0:
-            raise ValueError(f"std_floor must be > 0, got {std_floor}")
+    def __init__(self, prompt_components: int, response_components: int, seed: int):
         self.prompt_components = prompt_components
         self.response_components = response_components
-        self.std_floor = std_floor
         self.seed = seed
-        self._front_end = _FrontEnd(prompt_components, response_components, std_floor, seed)
+        self._transform = FeatureTransform(prompt_components, response_components, seed)
         self._dims: tuple[int, int, int] | None = None  # (Hp, Hr, S) seen at fit time
         self._constant: float | None = None  # set when the last fit fell back to a constant
 
@@ -202,7 +87,6 @@ class ValueProbe:
         return {
             "prompt_components": self.prompt_components,
             "response_components": self.response_components,
-            "std_floor": self.std_floor,
             "seed": self.seed,
         }
 
@@ -232,12 +116,12 @@ class ValueProbe:
         if not bool(torch.isfinite(y).all()):
             raise ValueError("targets contain NaN or inf")
         if rows_outside := int(((y < 0) | (y > 1)).sum()):
-            # Predictions are clipped to [0, 1] and the sigmoid heads use BCE: a reward in {-1, 1} (verl's
+            # Predictions are clipped to [0, 1] and the sigmoid head uses BCE: a reward in {-1, 1} (verl's
             # DAPO math score) must be mapped to correctness in {0, 1} first, as the official code does.
             raise ValueError(f"{rows_outside} target(s) outside [0, 1]; map rewards to [0, 1] before fitting")
         rows = prompt.shape[0]
         self._dims = None
-        x = self._front_end.fit_transform(prompt, response, scalar)  # (N, D) float64
+        x = self._transform.fit_transform(prompt, response, scalar)  # (N, D) float64
         self._dims = (prompt.shape[1], response.shape[1], scalar.shape[1])
         degenerate = rows < 2 or float(y.max() - y.min()) <= 1e-12
         if degenerate:
@@ -253,8 +137,8 @@ class ValueProbe:
             "rows": float(rows),
             "train_mae": float(error.abs().mean()) if rows > 0 else 0.0,
             "train_rmse": float(error.pow(2).mean().sqrt()) if rows > 0 else 0.0,
-            "prompt_components": float(self._front_end.num_prompt_components),
-            "response_components": float(self._front_end.num_response_components),
+            "prompt_components": float(self._transform.num_prompt_components),
+            "response_components": float(self._transform.num_response_components),
             "constant_fallback": 1.0 if degenerate else 0.0,
         }
         metrics.update(head_metrics)
@@ -280,7 +164,7 @@ class ValueProbe:
             raise ValueError(
                 f"feature sizes (Hp, Hr, S) = {dims} differ from those seen by fit: {self._dims}"
             )
-        x = self._front_end.transform(prompt, response, scalar)
+        x = self._transform.transform(prompt, response, scalar)
         return self._predict_features(x).to(dtype=torch.float32, device=prompt_feats.device)
 
     def state_dict(self) -> dict[str, Any]:
@@ -290,7 +174,7 @@ class ValueProbe:
             "config": self.config(),
             "dims": list(self._dims) if self._dims is not None else None,
             "constant": self._constant,
-            "front_end": {key: value.clone() for key, value in self._front_end.state.items()},
+            "transform": {key: value.clone() for key, value in self._transform.state.items()},
             "head": self._head_state() if self._dims is not None and self._constant is None else {},
         }
 
@@ -298,10 +182,15 @@ class ValueProbe:
         """Restore a probe saved by ``state_dict`` (of the same probe class)."""
         if state.get("probe") != self.name:
             raise ValueError(f"state of probe {state.get('probe')!r} cannot be loaded into {self.name!r}")
+        if "transform" not in state:
+            raise ValueError(
+                "this probe state predates the official feature order (PCA of the raw states, then one "
+                "standardisation); it cannot be loaded: start the run in a new folder"
+            )
         for key, value in state["config"].items():
             setattr(self, key, value)
-        self._front_end = _FrontEnd(self.prompt_components, self.response_components, self.std_floor, self.seed)
-        self._front_end.state = {key: value.clone() for key, value in state["front_end"].items()}
+        self._transform = FeatureTransform(self.prompt_components, self.response_components, self.seed)
+        self._transform.state = {key: value.clone() for key, value in state["transform"].items()}
         self._dims = tuple(state["dims"]) if state["dims"] is not None else None
         self._constant = state["constant"]
         if self._dims is not None and self._constant is None:
@@ -360,25 +249,31 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Ten
     return weights, y_mean - x_mean @ weights
 
 
-class PCARidgeProbe(ValueProbe):
-    """Standardise + PCA (32 / 64) + ridge (alpha = 100), the official POISE probe."""
+class _LinearHead(ValueProbe):
+    """A head with a weight vector and an intercept (ridge, logistic)."""
+
+    def __init__(self, prompt_components: int, response_components: int, seed: int):
+        super().__init__(prompt_components, response_components, seed)
+        self._weights = torch.zeros(0, dtype=_DTYPE)
+        self._intercept = torch.zeros((), dtype=_DTYPE)
+
+    def _head_state(self) -> dict[str, torch.Tensor]:
+        return {"weights": self._weights.clone(), "intercept": self._intercept.clone()}
+
+    def _load_head_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._weights, self._intercept = state["weights"].clone(), state["intercept"].clone()
+
+
+class PCARidgeProbe(_LinearHead):
+    """PCA (32 / 64) + standardise + ridge (alpha = 100): the official POISE probe."""
 
     name = "ridge"
 
-    def __init__(
-        self,
-        prompt_components: int = 32,
-        response_components: int = 64,
-        alpha: float = 100.0,
-        std_floor: float = 1e-6,
-        seed: int = 0,
-    ):
-        super().__init__(prompt_components, response_components, std_floor, seed)
+    def __init__(self, *, prompt_components: int, response_components: int, seed: int, alpha: float):
+        super().__init__(prompt_components, response_components, seed)
         if alpha < 0:
             raise ValueError(f"ridge alpha must be >= 0, got {alpha}")
         self.alpha = alpha
-        self._weights = torch.zeros(0, dtype=_DTYPE)
-        self._intercept = torch.zeros((), dtype=_DTYPE)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "alpha": self.alpha}
@@ -390,63 +285,44 @@ class PCARidgeProbe(ValueProbe):
     def _predict_head(self, x: torch.Tensor) -> torch.Tensor:
         return x @ self._weights + self._intercept
 
-    def _head_state(self) -> dict[str, torch.Tensor]:
-        return {"weights": self._weights.clone(), "intercept": self._intercept.clone()}
 
-    def _load_head_state(self, state: dict[str, torch.Tensor]) -> None:
-        self._weights, self._intercept = state["weights"].clone(), state["intercept"].clone()
+class LogisticProbe(_LinearHead):
+    """Same transform, sigmoid output trained with BCE by LBFGS (the official ``sigmoid_bce`` head).
 
-
-class LogisticProbe(ValueProbe):
-    """Same front end, sigmoid output trained with BCE by LBFGS.
-
-    Minimises ``mean_i BCE(sigmoid(x_i w + c), y_i) + l2 / (2 N) ||w||^2`` (sklearn's
-    ``LogisticRegression`` objective with ``C = 1 / l2``; the intercept is unpenalised). The problem is
-    convex and starts from ``w = 0, c = logit(mean y)``, so the result is deterministic; ``seed`` is kept
-    for the common interface.
+    Minimises ``mean_i BCE(sigmoid(x_i w + c), y_i) + l2 / (2 N) ||w||^2`` with targets clipped to
+    [1e-6, 1 - 1e-6]; convex, started from ``w = 0, c = logit(mean y)``, so the result is deterministic.
     """
 
     name = "logistic"
+    TARGET_EPS = 1e-6
 
     def __init__(
-        self,
-        prompt_components: int = 32,
-        response_components: int = 64,
-        l2: float = 1.0,
-        max_iter: int = 200,
-        std_floor: float = 1e-6,
-        seed: int = 0,
+        self, *, prompt_components: int, response_components: int, seed: int, l2: float, max_iter: int
     ):
-        super().__init__(prompt_components, response_components, std_floor, seed)
-        if l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {l2}")
+        super().__init__(prompt_components, response_components, seed)
+        if l2 < 0 or max_iter < 1:
+            raise ValueError(
+                f"logistic probe needs l2 >= 0 and max_iter >= 1, got l2={l2}, max_iter={max_iter}"
+            )
         self.l2 = l2
         self.max_iter = max_iter
-        self._weights = torch.zeros(0, dtype=_DTYPE)
-        self._intercept = torch.zeros((), dtype=_DTYPE)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "l2": self.l2, "max_iter": self.max_iter}
 
     def _fit_head(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         rows = x.shape[0]
-        mean = float(y.mean().clamp(1e-4, 1 - 1e-4))
+        y = y.clamp(self.TARGET_EPS, 1 - self.TARGET_EPS)
+        mean = float(y.mean())
         weights = torch.zeros(x.shape[1], dtype=_DTYPE, requires_grad=True)
         intercept = torch.tensor(math.log(mean / (1 - mean)), dtype=_DTYPE, requires_grad=True)
         optimiser = torch.optim.LBFGS(
-            [weights, intercept],
-            lr=1.0,
-            max_iter=self.max_iter,
-            tolerance_grad=1e-10,
-            tolerance_change=1e-14,
-            history_size=20,
-            line_search_fn="strong_wolfe",
+            [weights, intercept], lr=1.0, max_iter=self.max_iter, line_search_fn="strong_wolfe"
         )
 
         def closure() -> torch.Tensor:
             optimiser.zero_grad()
-            logits = x @ weights + intercept
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ weights + intercept, y)
             loss = loss + 0.5 * self.l2 / rows * weights.pow(2).sum()
             loss.backward()
             return loss
@@ -459,40 +335,37 @@ class LogisticProbe(ValueProbe):
     def _predict_head(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x @ self._weights + self._intercept)
 
-    def _head_state(self) -> dict[str, torch.Tensor]:
-        return {"weights": self._weights.clone(), "intercept": self._intercept.clone()}
-
-    def _load_head_state(self, state: dict[str, torch.Tensor]) -> None:
-        self._weights, self._intercept = state["weights"].clone(), state["intercept"].clone()
-
 
 class MLPProbe(ValueProbe):
-    """Same front end, one hidden ReLU layer (64), sigmoid output, BCE, Adam (lr 1e-3).
+    """Same transform, one hidden ReLU layer, identity output, squared loss (scikit-learn's MLPRegressor).
 
-    Training runs a fixed number of epochs over mini-batches whose order, like the initial weights, comes
-    from a ``torch.Generator`` seeded with ``seed``: the same rows give the same probe.
+    Mini-batch order and initial weights come from a ``torch.Generator`` seeded with ``seed``: the same rows
+    give the same probe.
     """
 
     name = "mlp"
+    TOLERANCE = 1e-4  # scikit-learn's MLP tol
+    PATIENCE = 10  # scikit-learn's n_iter_no_change
 
     def __init__(
         self,
-        prompt_components: int = 32,
-        response_components: int = 64,
-        hidden: int = 64,
-        lr: float = 1e-3,
-        epochs: int = 50,
-        batch_size: int = 256,
-        std_floor: float = 1e-6,
-        seed: int = 0,
+        *,
+        prompt_components: int,
+        response_components: int,
+        seed: int,
+        hidden: int,
+        lr: float,
+        epochs: int,
+        batch_size: int,
+        l2: float,
     ):
-        super().__init__(prompt_components, response_components, std_floor, seed)
-        if hidden < 1 or epochs < 1 or batch_size < 1:
-            raise ValueError("hidden, epochs and batch_size must all be >= 1")
-        self.hidden = hidden
-        self.lr = lr
-        self.epochs = epochs
-        self.batch_size = batch_size
+        super().__init__(prompt_components, response_components, seed)
+        if hidden < 1 or epochs < 1 or batch_size < 1 or lr <= 0 or l2 < 0:
+            raise ValueError(
+                "mlp probe needs hidden, epochs, batch_size >= 1, lr > 0 and l2 >= 0; got "
+                f"hidden={hidden}, epochs={epochs}, batch_size={batch_size}, lr={lr}, l2={l2}"
+            )
+        self.hidden, self.lr, self.epochs, self.batch_size, self.l2 = hidden, lr, epochs, batch_size, l2
         self._params: dict[str, torch.Tensor] = {}
 
     def config(self) -> dict[str, Any]:
@@ -502,9 +375,11 @@ class MLPProbe(ValueProbe):
             "lr": self.lr,
             "epochs": self.epochs,
             "batch_size": self.batch_size,
+            "l2": self.l2,
         }
 
-    def _logits(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    @staticmethod
+    def _forward(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = torch.relu(x @ params["w1"] + params["b1"])  # (N, hidden)
         return (hidden @ params["w2"] + params["b2"]).squeeze(-1)  # (N,)
 
@@ -512,36 +387,44 @@ class MLPProbe(ValueProbe):
         generator = torch.Generator().manual_seed(self.seed)
         rows, width = x.shape
 
-        def uniform(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
-            # PyTorch's Linear initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from our generator.
-            bound = 1.0 / math.sqrt(max(fan_in, 1))
-            values = torch.rand(shape, generator=generator, dtype=_DTYPE) * 2 * bound - bound
-            return values.requires_grad_(True)
+        def glorot(fan_in: int, fan_out: int, shape: tuple[int, ...]) -> torch.Tensor:
+            bound = math.sqrt(6.0 / (fan_in + fan_out))  # scikit-learn's init for ReLU layers
+            return (torch.rand(shape, generator=generator, dtype=_DTYPE) * 2 * bound - bound).requires_grad_(
+                True
+            )
 
         params = {
-            "w1": uniform((width, self.hidden), width),
-            "b1": uniform((self.hidden,), width),
-            "w2": uniform((self.hidden, 1), self.hidden),
-            "b2": uniform((1,), self.hidden),
+            "w1": glorot(width, self.hidden, (width, self.hidden)),
+            "b1": glorot(width, self.hidden, (self.hidden,)),
+            "w2": glorot(self.hidden, 1, (self.hidden, 1)),
+            "b2": glorot(self.hidden, 1, (1,)),
         }
-        optimiser = torch.optim.Adam(list(params.values()), lr=self.lr)
-        loss = torch.zeros((), dtype=_DTYPE)
+        optimiser = torch.optim.Adam(list(params.values()), lr=self.lr, eps=1e-8)
+        batch = min(self.batch_size, rows)
+        best, stale, epochs_run, epoch_loss = math.inf, 0, 0, math.inf
         with torch.enable_grad():
             for _ in range(self.epochs):
                 order = torch.randperm(rows, generator=generator)
-                for start in range(0, rows, self.batch_size):
-                    batch = order[start : start + self.batch_size]
+                total = 0.0
+                for start in range(0, rows, batch):
+                    index = order[start : start + batch]
                     optimiser.zero_grad()
-                    loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                        self._logits(x[batch], params), y[batch]
-                    )
+                    error = self._forward(x[index], params) - y[index]
+                    penalty = params["w1"].pow(2).sum() + params["w2"].pow(2).sum()
+                    loss = 0.5 * error.pow(2).mean() + 0.5 * self.l2 * penalty / index.numel()
                     loss.backward()
                     optimiser.step()
+                    total += float(loss.detach()) * index.numel()
+                epoch_loss, epochs_run = total / rows, epochs_run + 1
+                stale = stale + 1 if epoch_loss > best - self.TOLERANCE else 0
+                best = min(best, epoch_loss)
+                if stale >= self.PATIENCE:
+                    break
         self._params = {key: value.detach().clone() for key, value in params.items()}
-        return {"train_loss": float(loss.detach())}
+        return {"train_loss": epoch_loss, "epochs": float(epochs_run)}
 
     def _predict_head(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self._logits(x, self._params))
+        return self._forward(x, self._params)
 
     def _head_state(self) -> dict[str, torch.Tensor]:
         return {key: value.clone() for key, value in self._params.items()}

@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from poise_verl.core.buffer import DEFAULT_CAPACITY_BY_DOMAIN, ProbeReplayBuffer
+from poise_verl.config import default_poise_settings
+from poise_verl.core.buffer import ProbeReplayBuffer
+
+# The Hydra tree's capacities (the official ones).
+OFFICIAL = dict(default_poise_settings().buffer.capacity)
 
 
 def group(uid, rows, hp=3, hr=4, s=2):
@@ -82,13 +86,9 @@ def test_add_groups_splits_a_shuffled_batch_by_uid():
 
 def test_defaults_and_errors():
     assert (
-        ProbeReplayBuffer().capacity_by_domain
-        == DEFAULT_CAPACITY_BY_DOMAIN
-        == {
-            "math": 4096,
-            "code": 3072,
-            "other": 3072,
-        }
+        ProbeReplayBuffer(OFFICIAL).capacity_by_domain
+        == OFFICIAL
+        == {"math": 4096, "code": 3072, "other": 3072}
     )
     with pytest.raises(ValueError, match="fallback_domain"):
         ProbeReplayBuffer({"math": 10})
@@ -120,7 +120,7 @@ def test_defaults_and_errors():
 
 
 def test_empty_dataset_has_the_right_widths():
-    buffer = ProbeReplayBuffer()
+    buffer = ProbeReplayBuffer(OFFICIAL)
     assert buffer.dataset().num_rows == 0
     data = group("g", 2)
     buffer.add_group(
@@ -145,7 +145,7 @@ def test_state_round_trip():
     stream = io.BytesIO()
     torch.save(buffer.state_dict(), stream)
     stream.seek(0)
-    restored = ProbeReplayBuffer()  # default capacities; the checkpoint brings its own
+    restored = ProbeReplayBuffer({"other": 1})  # other capacities; the checkpoint brings its own
     restored.load_state_dict(torch.load(stream, weights_only=True))
     assert restored.capacity_by_domain == buffer.capacity_by_domain
     assert restored.num_rows_by_domain == buffer.num_rows_by_domain

@@ -82,7 +82,7 @@ def test_check_groups_names_the_bad_group():
         check_groups(np.array(["a", "lonely", "a"], dtype=object))
     with pytest.raises(ValueError, match=r"'b' has 3 rollouts, expected n = 2"):
         check_groups(np.array(["a", "b", "a", "b", "b"], dtype=object), n=2)
-    with pytest.raises(ValueError, match="group 4 has 1"):
+    with pytest.raises(ValueError, match="group uid=4 has 1"):
         sibling_targets(torch.ones(3), torch.tensor([1, 1, 4]))
 
 
@@ -91,3 +91,27 @@ def test_mismatched_lengths_raise():
         cross_baselines(torch.ones(3), torch.tensor([0, 0, 1, 1]))
     with pytest.raises(ValueError, match="response_mask"):
         cross_rollout_advantages(torch.ones(2), torch.ones(2), torch.tensor([0, 0]), torch.ones(3, 4))
+
+
+def test_padding_rows_are_in_no_group_and_get_zero():
+    """verl pads a batch that does not divide across ranks with rows sharing one made-up uid (a group of
+    any size, 1 included); marked invalid, they change nothing for the real rows and get advantage 0."""
+    owner, uids = random_groups(3)
+    generator = torch.Generator().manual_seed(9)
+    batch = len(owner)
+    rewards, predictions = torch.rand(batch, generator=generator), torch.rand(batch, generator=generator)
+    mask = torch.ones(batch, 5)
+    real = cross_rollout_advantages(rewards, predictions, uids, mask)
+    for pad in (1, 3):
+        padded_uids = np.concatenate([uids, np.array(["pad0"] * pad, dtype=object)])
+        padded = cross_rollout_advantages(
+            torch.cat([rewards, torch.rand(pad)]),
+            torch.cat([predictions, torch.rand(pad)]),
+            padded_uids,
+            torch.cat([mask, torch.zeros(pad, 5)]),
+            valid=torch.cat([torch.ones(batch, dtype=torch.bool), torch.zeros(pad, dtype=torch.bool)]),
+        )
+        torch.testing.assert_close(padded[:batch], real)
+        assert torch.equal(padded[batch:], torch.zeros(pad, 5))
+    with pytest.raises(ValueError, match="'pad0' has 1 rollout"):  # unmarked, a lone padding row is an error
+        cross_rollout_advantages(torch.ones(3), torch.ones(3), np.array(["a", "a", "pad0"]), torch.ones(3, 1))

@@ -26,13 +26,14 @@ def loop_statistics(entropies, mask, ids, think_end):
         tokens = [t for t in range(entropies.shape[1]) if mask[b, t]]
         values = [float(entropies[b, t]) for t in tokens]
         if think_end is None:
-            split = 0  # no thinking section: all answer
+            reasoning, answer = [], values  # no thinking section: all answer
         else:
             ends = [n for n, t in enumerate(tokens) if int(ids[b, t]) == think_end]
-            split = ends[0] + 1 if ends else len(tokens)  # no end-of-thinking token: all reasoning
+            # Never closed: neither part exists (the official code's rule).
+            reasoning, answer = (values[: ends[0] + 1], values[ends[0] + 1 :]) if ends else ([], [])
         out["entropy_mean"].append(mean_or_zero(values))
-        out["entropy_reasoning_mean"].append(mean_or_zero(values[:split]))
-        out["entropy_answer_mean"].append(mean_or_zero(values[split:]))
+        out["entropy_reasoning_mean"].append(mean_or_zero(reasoning))
+        out["entropy_answer_mean"].append(mean_or_zero(answer))
         out["entropy_last"].append(values[-1] if values else 0.0)
         out["entropy_max"].append(max(values) if values else 0.0)
         out["entropy_min"].append(min(values) if values else 0.0)
@@ -72,7 +73,7 @@ def test_documented_cases():
     entropies = torch.tensor(
         [
             [1.0, 2.0, 3.0, 4.0, 9.0],  # end-of-thinking at index 1: reasoning [1, 2], answer [3, 4]
-            [1.0, 2.0, 3.0, 5.0, 9.0],  # no end-of-thinking: all reasoning, answer empty -> 0
+            [1.0, 2.0, 3.0, 5.0, 9.0],  # no end-of-thinking: reasoning and answer both 0 (official)
             [1.0, 2.0, 3.0, 4.0, 9.0],  # end-of-thinking is the last token: answer empty -> 0
             [5.0, 5.0, 5.0, 5.0, 5.0],  # empty response: everything 0
         ]
@@ -83,7 +84,7 @@ def test_documented_cases():
     )
     stats = entropy_statistics(entropies, mask, ids, THINK_END)
     assert stats["entropy_mean"].tolist() == [2.5, 2.75, 2.0, 0.0]
-    assert stats["entropy_reasoning_mean"].tolist() == [1.5, 2.75, 2.0, 0.0]
+    assert stats["entropy_reasoning_mean"].tolist() == [1.5, 0.0, 2.0, 0.0]
     assert stats["entropy_answer_mean"].tolist() == [3.5, 0.0, 0.0, 0.0]
     assert stats["entropy_last"].tolist() == [4.0, 5.0, 3.0, 0.0]
     assert stats["entropy_max"].tolist() == [4.0, 5.0, 3.0, 0.0]

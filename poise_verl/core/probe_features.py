@@ -1,0 +1,151 @@
+"""The probe's input transform: phi = (pooled prompt state, pooled response state, scalars) -> x.
+
+GRPO/DAPO have no value model and so no features. POISE's probe g reads, per rollout, two pooled hidden
+states of one decoder layer (``(N, Hp)`` and ``(N, Hr)``, H = 2560 on Qwen3-4B) and a few entropy scalars
+``(N, S)``. Before the head sees them they are reduced and scaled, in the official order
+(``fit_estimator`` in holi-lab/POISE ``src/poise/estimator.py``):
+
+1. PCA of the RAW pooled prompt states to 32 dims and of the raw pooled response states to 64 dims
+   (centred, not scaled: directions of large activation variance dominate, as in scikit-learn's ``PCA``);
+2. concatenate ``[prompt scores, response scores, scalars]`` -> ``(N, 32 + 64 + S)``;
+3. ONE standardisation of those columns (scikit-learn's ``StandardScaler``: mean and population std over
+   the fit rows; a constant column gets scale 1, so it maps to 0).
+
+``FeatureTransform.fit_transform`` learns all three on the fit rows only; ``transform`` applies them.
+
+PCA details. A block keeps ``min(requested, rows - 1, features)`` components: centred data of N rows has
+rank at most N - 1, and a further component would be an arbitrary null-space direction (scikit-learn
+keeps min(requested, rows, features); its extra component has zero variance, which step 3 maps to 0, so
+the fitted probe is the same). PCA runs in float64: an eigendecomposition of the ``(F, F)`` Gram matrix
+when N >= F, an SVD of the data otherwise, and randomised subspace iteration (seeded) for large blocks
+with few components, the regime where the official code's ``svd_solver="randomized"`` matters for speed.
+Each component's sign is fixed so that its largest-magnitude loading is positive, which makes a refit on
+the same rows bit-identical.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["RANDOMIZED_PCA_ABOVE", "FeatureTransform", "pca_components"]
+
+_DTYPE = torch.float64
+
+# Blocks with more rows or features than this use randomised PCA (scikit-learn's `svd_solver="auto"` rule).
+RANDOMIZED_PCA_ABOVE = 500
+
+
+def _fix_signs(components: torch.Tensor) -> torch.Tensor:
+    """``(c, F)`` -> same components with each row's largest-|.| loading made positive."""
+    if components.numel() == 0:
+        return components
+    largest = components.abs().argmax(1, keepdim=True)  # (c, 1)
+    signs = torch.sign(components.gather(1, largest))
+    signs[signs == 0] = 1.0
+    return components * signs
+
+
+def _randomized_components(centred: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """Top ``count`` principal axes ``(count, F)`` of the centred ``(N, F)`` block by randomised subspace
+    iteration (Halko, Martinsson and Tropp 2011), seeded so that a refit on the same rows is identical."""
+    generator = torch.Generator().manual_seed(seed)
+    width = min(count + 10, min(centred.shape))  # oversampling
+    # scikit-learn's n_iter="auto": 7 power iterations for few components, else 4.
+    iterations = 7 if count < 0.1 * min(centred.shape) else 4
+    basis = centred @ torch.randn(centred.shape[1], width, generator=generator, dtype=centred.dtype)
+    for _ in range(iterations):
+        basis, _ = torch.linalg.qr(basis)
+        basis, _ = torch.linalg.qr(centred @ (centred.T @ basis))
+    basis, _ = torch.linalg.qr(basis)
+    _, _, vh = torch.linalg.svd(basis.T @ centred, full_matrices=False)  # (width, F) projected block
+    return vh[:count].contiguous()
+
+
+def pca_components(centred: torch.Tensor, requested: int, seed: int) -> torch.Tensor:
+    """Principal axes ``(c, F)`` of a centred float64 block ``(N, F)``, c = min(requested, N - 1, F)."""
+    rows, features = centred.shape
+    count = min(requested, max(rows - 1, 0), features)
+    if count == 0:
+        return torch.zeros(0, features, dtype=centred.dtype)
+    if max(rows, features) > RANDOMIZED_PCA_ABOVE and count < 0.8 * min(rows, features):
+        # A 4096-row buffer of H = 2560 features, 32 or 64 components: an exact decomposition computes all
+        # 2560 axes and took ~20 s single-threaded.
+        return _fix_signs(_randomized_components(centred, count, seed))
+    if rows >= features:
+        # The principal axes are the top eigenvectors of Z^T Z: one matmul + eigh, about twice an SVD's speed.
+        _, eigenvectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+        return _fix_signs(eigenvectors[:, -count:].flip(1).T.contiguous())
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # few rows: Z = U S V^T is cheap
+    return _fix_signs(vh[:count].contiguous())
+
+
+def _scale(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """scikit-learn's rule: a (numerically) constant column gets scale 1, so it standardises to 0."""
+    constant = std <= 1e-12 * torch.clamp(mean.abs(), min=1.0)
+    return torch.where(constant, torch.ones_like(std), std)
+
+
+class FeatureTransform:
+    """PCA of the raw pooled states, concatenation with the scalars, one standardisation.
+
+    Args:
+        prompt_components: PCA dims kept of the pooled prompt states (official: 32).
+        response_components: PCA dims kept of the pooled response states (official: 64).
+        seed: seed of the randomised PCA (official ``random_seed``: 42).
+    """
+
+    def __init__(self, prompt_components: int, response_components: int, seed: int):
+        if prompt_components < 0 or response_components < 0:
+            raise ValueError("the numbers of PCA components must be >= 0")
+        self.prompt_components = prompt_components
+        self.response_components = response_components
+        self.seed = seed
+        self.state: dict[str, torch.Tensor] = {}
+
+    def _pca_fit(self, block: torch.Tensor, requested: int, prefix: str) -> torch.Tensor:
+        mean = block.mean(0) if block.shape[0] > 0 else torch.zeros(block.shape[1], dtype=_DTYPE)
+        components = pca_components(block - mean, requested, self.seed)
+        self.state[f"{prefix}_mean"], self.state[f"{prefix}_components"] = mean, components
+        return (block - mean) @ components.T  # PCA scores, (N, c)
+
+    def fit_transform(
+        self, prompt: torch.Tensor, response: torch.Tensor, scalar: torch.Tensor
+    ) -> torch.Tensor:
+        """Learn the transform on ``(N, Hp)``, ``(N, Hr)``, ``(N, S)`` float64 rows; returns x ``(N, D)``."""
+        self.state = {}
+        joined = torch.cat(
+            [
+                self._pca_fit(prompt, self.prompt_components, "prompt"),
+                self._pca_fit(response, self.response_components, "response"),
+                scalar,
+            ],
+            dim=1,
+        )
+        if joined.shape[0] > 0:
+            mean = joined.mean(0)
+            scale = _scale(joined.std(0, correction=0), mean)
+        else:  # no rows: an identity transform, so shapes still work downstream
+            mean, scale = (
+                torch.zeros(joined.shape[1], dtype=_DTYPE),
+                torch.ones(joined.shape[1], dtype=_DTYPE),
+            )
+        self.state["mean"], self.state["scale"] = mean, scale
+        return (joined - mean) / scale
+
+    def transform(self, prompt: torch.Tensor, response: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
+        """Apply the learned transform to new float64 rows."""
+        state = self.state
+        parts = [
+            (block - state[f"{prefix}_mean"]) @ state[f"{prefix}_components"].T
+            for prefix, block in (("prompt", prompt), ("response", response))
+        ]
+        joined = torch.cat([*parts, scalar], dim=1)
+        return (joined - state["mean"]) / state["scale"]
+
+    @property
+    def num_prompt_components(self) -> int:
+        return int(self.state["prompt_components"].shape[0])
+
+    @property
+    def num_response_components(self) -> int:
+        return int(self.state["response_components"].shape[0])
