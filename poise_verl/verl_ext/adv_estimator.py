@@ -1,20 +1,27 @@
-"""The ``poise`` advantage estimator, registered with verl's ``register_adv_est``.
+"""The ``poise`` advantage estimator, registered with verl's ``register_adv_est``: a thin wrapper over
+:func:`poise_verl.core.cross_rollout.cross_rollout_advantages`.
 
-verl calls a registered estimator as
-``fn(token_level_rewards=(bs, T), response_mask=(bs, T), config=<algorithm section>, index=<uid array>,
-reward_baselines=(bs,))`` and expects ``(advantages, returns)``, both ``(bs, T)``.
+verl calls a registered estimator from its own advantage stage (``PPOTrainer._compute_advantage`` in
+``verl/trainer/ppo/v1/trainer_base.py``), after it has applied the KL penalty to the rewards
+(``algorithm.use_kl_in_reward``) and computed rollout-correction weights (``algorithm.rollout_correction``),
+as ``fn(token_level_rewards=(bs, T), response_mask=(bs, T), config=<algorithm section>, index=<uid array>)``
+and expects ``(advantages, returns)``, both ``(bs, T)``. POISE changes only the baseline, so it runs inside
+that stage instead of replacing it: everything else verl does to a batch between reward and update happens
+under POISE exactly as under GRPO.
 
-POISE's contract for ``reward_baselines``: entry i is the probe's prediction g(phi_i) made from rollout i's
-OWN features. The estimator turns those into cross-rollout baselines: rollout i is baselined by the mean
-prediction of its siblings, b_i = mean_{j != i} g(phi_j), and A_i = R_i - b_i on every response token, with no
-std normalisation (unlike GRPO). Because b_i depends only on the siblings' samples, which are independent of
-rollout i given the prompt, E[b_i * grad log pi(y_i)] = 0 and the gradient stays unbiased.
+The probe's predictions reach the estimator through ``step_predictions`` (:mod:`.step_predictions`). verl 0.9.1's v1 advantage stage
+reads a fixed list of fields from the batch (``uid, response_mask, rm_scores, rollout_log_probs,
+old_log_probs, ref_log_prob, values``), so the ``reward_baselines`` key verl would pass along from the batch
+never gets there; the POISE trainer computes g(phi_i) for the step, enters ``step_predictions(...)`` around
+verl's stage, and this estimator reads them back, after checking they are the predictions of exactly these
+rollouts in this order (the uids must match row by row). Called with ``reward_baselines`` (verl's legacy
+trainer, or a user's own code) it uses those instead.
 
-Passing the rewards themselves as ``reward_baselines`` gives RLOO exactly (b_i = mean of the siblings'
-rewards): that is how the trainer's cold-start (bootstrap) steps run through the same code path.
-
-The leave-one-out mean is verl's own RLOO estimator applied to the predictions:
-``rloo(p)_i = p_i - mean_{j != i} p_j``, so ``b_i = p_i - rloo(p)_i``.
+Per row i: g(phi_i) when its domain's probe is fitted, else the realised reward R_i (with the KL penalty,
+when verl applied one). The estimator forms b_i = mean_{j != i} of those over i's siblings and
+A_i = R_i - b_i on every response token, with no std normalisation (unlike GRPO). With rewards in place of
+predictions this is RLOO exactly: the bootstrap steps and any domain whose probe is not fitted yet. Because
+b_i depends only on the siblings' samples, the gradient stays unbiased.
 """
 
 from __future__ import annotations
@@ -23,40 +30,27 @@ from typing import Any
 
 import numpy as np
 import torch
-from verl.trainer.ppo.core_algos import compute_rloo_vectorized_outcome_advantage, register_adv_est
+from verl.trainer.ppo.core_algos import register_adv_est
 
-POISE_ADV_ESTIMATOR = "poise"
+from poise_verl.config import POISE_ADV_ESTIMATOR
+from poise_verl.core.cross_rollout import cross_rollout_advantages
+from poise_verl.verl_ext.step_predictions import StepPredictions, current_step_predictions
 
 
-def _check_groups(index: np.ndarray) -> None:
-    """Every prompt group must hold at least two rollouts: a lone rollout has no sibling to baseline it."""
-    uids, counts = np.unique(np.asarray(index), return_counts=True)
-    lonely = uids[counts < 2]
-    if len(lonely) > 0:
+def _current(index: np.ndarray, batch: int) -> StepPredictions:
+    step = current_step_predictions()
+    if step is None:
         raise ValueError(
-            f"poise advantage: prompt group uid={lonely[0]!r} has {int(counts[counts < 2][0])} rollout(s); the "
-            f"cross-rollout baseline needs >= 2 rollouts per prompt (set actor_rollout_ref.rollout.n >= 2). "
-            f"{len(lonely)} group(s) affected."
+            "poise advantage: no probe predictions for this batch. The POISE trainer (trainer.v1.trainer_mode="
+            "poise, set by algo=poise) provides them; with another trainer pass reward_baselines"
         )
-
-
-def leave_one_out_mean(values: torch.Tensor, index: np.ndarray) -> torch.Tensor:
-    """Mean over each rollout's siblings, via verl's vectorised RLOO.
-
-    Args:
-        values: ``(bs,)`` one number per rollout.
-        index: ``(bs,)`` prompt uid per rollout; siblings may sit anywhere in the batch.
-
-    Returns:
-        ``(bs,)``: entry i is mean_{j != i, index[j] == index[i]} values[j].
-    """
-    values = values.to(torch.float32)
-    ones = torch.ones(values.shape[0], 1, dtype=values.dtype, device=values.device)
-    loo_diff, _ = compute_rloo_vectorized_outcome_advantage(
-        token_level_rewards=values.unsqueeze(-1), response_mask=ones, index=np.asarray(index)
-    )
-    # rloo(v)_i = v_i - mean_{j != i} v_j
-    return values - loo_diff.squeeze(-1)
+    if len(step.uids) != batch or not np.array_equal(np.asarray(index).astype(str), step.uids.astype(str)):
+        raise RuntimeError(
+            "poise advantage: verl's batch rows are not the rows the POISE trainer predicted for (uids differ "
+            "in count or order); the advantage stage of this verl version reorders rows, which this "
+            "estimator does not support"
+        )
+    return step
 
 
 @register_adv_est(POISE_ADV_ESTIMATOR)
@@ -71,29 +65,32 @@ def compute_poise_outcome_advantage(
     """POISE cross-rollout advantages.
 
     Args:
-        token_level_rewards: ``(bs, T)`` outcome reward R_i (summed over tokens).
+        token_level_rewards: ``(bs, T)``; R_i is their sum (the outcome reward, minus verl's KL penalty when
+            ``use_kl_in_reward`` is on).
         response_mask: ``(bs, T)`` 1 on response tokens.
         index: ``(bs,)`` prompt uid per rollout.
-        reward_baselines: ``(bs,)`` the probe's prediction g(phi_i) from rollout i's own features.
-        config: verl's algorithm section (unused; accepted for the registry's calling convention).
+        reward_baselines: ``(bs,)`` g(phi_i) from rollout i's own features, when the caller has them;
+            otherwise the trainer's :func:`step_predictions` are used.
+        config: verl's algorithm section (unused; the registry's calling convention).
 
     Returns:
         ``(advantages, returns)``, both ``(bs, T)``: A_i = R_i - mean_{j != i} g(phi_j) on response tokens.
     """
     if index is None:
-        raise ValueError("poise advantage: verl passed no `index` (prompt uids); siblings cannot be matched.")
-    if reward_baselines is None:
+        raise ValueError("poise advantage: verl passed no `index` (prompt uids); siblings cannot be matched")
+    rewards = token_level_rewards.sum(dim=-1).to(torch.float32)  # R_i
+    if reward_baselines is not None:
+        predictions, valid = reward_baselines.to(rewards.device, torch.float32), None
+    else:
+        step = _current(index, rewards.shape[0])
+        from_probe = step.from_probe.to(rewards.device)
+        predictions = torch.where(from_probe, step.predictions.to(rewards.device, torch.float32), rewards)
+        valid = step.valid
+    if not torch.isfinite(predictions).all():
+        bad = int((~torch.isfinite(predictions)).nonzero()[0, 0])
         raise ValueError(
-            "poise advantage: the batch holds no `reward_baselines`. POISE needs the probe's per-rollout "
-            "predictions there (the POISE trainer, trainer.v1.trainer_mode=poise, writes them); pass the "
-            "rewards themselves to get RLOO during cold start."
+            f"poise advantage: the baseline input of row {bad} (uid={index[bad]!r}) is not finite"
         )
-    if not torch.isfinite(reward_baselines).all():
-        bad = int((~torch.isfinite(reward_baselines)).nonzero()[0, 0])
-        raise ValueError(f"poise advantage: reward_baselines[{bad}] is {reward_baselines[bad].item()}, uid={index[bad]!r}")
-    _check_groups(index)
     with torch.no_grad():
-        rewards = token_level_rewards.sum(dim=-1).to(torch.float32)  # R_i
-        cross_baselines = leave_one_out_mean(reward_baselines.to(rewards.device), index)  # b_i = mean_{j!=i} g(phi_j)
-        advantages = (rewards - cross_baselines).unsqueeze(-1) * response_mask  # A_i = R_i - b_i, no std norm
+        advantages = cross_rollout_advantages(rewards, predictions, index, response_mask, valid=valid)
     return advantages, advantages

@@ -26,6 +26,7 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
+from poise_verl.config import POISE_ENGINE_VENDOR
 from poise_verl.core.capture import PackedPoolingHook, decoder_layers
 from poise_verl.core.pooling import response_cut_at_last_token_packed
 
@@ -34,7 +35,6 @@ POOL_K_KEY = "poise_pool_k"
 THINK_TOKEN_KEY = "poise_response_cut_token"  # -1: pool the end of the response, no cut
 PROMPT_FEATURES = "poise_prompt_features"
 RESPONSE_FEATURES = "poise_response_features"
-ENGINE_VENDOR = "poise"
 
 
 def _response_lengths(micro_batch) -> torch.Tensor:
@@ -46,7 +46,10 @@ def _response_lengths(micro_batch) -> torch.Tensor:
 
 
 @EngineRegistry.register(
-    model_type="language_model", backend=["fsdp", "fsdp2"], device=["cuda", "npu", "cpu"], vendor=ENGINE_VENDOR
+    model_type="language_model",
+    backend=["fsdp", "fsdp2"],
+    device=["cuda", "npu", "cpu"],
+    vendor=POISE_ENGINE_VENDOR,
 )
 class PoiseFSDPEngine(FSDPEngineWithLMHead):
     """verl's FSDP language-model engine plus POISE's hidden-state capture in forward-only passes."""
@@ -77,7 +80,10 @@ class PoiseFSDPEngine(FSDPEngineWithLMHead):
         cut_token = int(tu.get_non_tensor_data(data=micro_batch, key=THINK_TOKEN_KEY, default=-1))
         # Official POISE: the response pool ends at the response's last end-of-thinking token, when present.
         response_pool_lengths = response_cut_at_last_token_packed(
-            micro_batch["input_ids"].values(), cu_seqlens, response_lengths, None if cut_token < 0 else cut_token
+            micro_batch["input_ids"].values(),
+            cu_seqlens,
+            response_lengths,
+            None if cut_token < 0 else cut_token,
         )
         hook = PackedPoolingHook(
             cu_seqlens=cu_seqlens,
@@ -91,11 +97,15 @@ class PoiseFSDPEngine(FSDPEngineWithLMHead):
         )
         handle = layers[int(layer_index)].register_forward_hook(hook)
         try:
-            loss, output = super().forward_step(micro_batch, loss_function=loss_function, forward_only=forward_only)
+            loss, output = super().forward_step(
+                micro_batch, loss_function=loss_function, forward_only=forward_only
+            )
         finally:
             handle.remove()
         if hook.prompt_features is None:
-            raise RuntimeError(f"poise feature capture: decoder layer {layer_index} did not run in this forward")
+            raise RuntimeError(
+                f"poise feature capture: decoder layer {layer_index} did not run in this forward"
+            )
         output["model_output"][PROMPT_FEATURES] = hook.prompt_features.cpu()
         output["model_output"][RESPONSE_FEATURES] = hook.response_features.cpu()
         return loss, output

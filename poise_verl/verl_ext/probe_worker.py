@@ -1,10 +1,11 @@
-"""The probe worker and the replay-buffer actor: Ray actors that hold POISE's value estimator state.
+"""The probe worker and the replay-buffer actor: Ray actors that hold POISE's value-estimator state.
 
-``ReplayBufferActor`` keeps the probe's training rows (whole prompt groups, per-domain capacity, oldest
-evicted first: :class:`poise_verl.core.buffer.ProbeReplayBuffer`). ``ProbeWorker`` holds the probe
-(:func:`poise_verl.core.probe.build_probe`), predicts values for a batch and refits from scratch on the
-buffer's rows. Both are CPU actors that ask Ray for no CPUs, so they sit beside the GPU workers on the
-driver's node; the refit is issued after the step's advantages are fixed and runs while the actor updates.
+``ReplayBufferActor`` keeps the probes' training rows (whole prompt groups, per-domain capacity, oldest
+evicted first: :class:`poise_verl.core.buffer.ProbeReplayBuffer`). ``ProbeWorker`` holds one probe per
+domain (:class:`poise_verl.core.domain_probes.DomainProbes`), predicts values for a batch and refits every
+domain's probe from scratch on that domain's rows. Both are CPU actors that ask Ray for no CPUs, so they sit
+beside the GPU workers on the driver's node; the refit is issued after the step's advantages are fixed and
+runs while the actor updates.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 import ray
 import torch
 
+from poise_verl.config import ProbeSettings, build_value_probe
 from poise_verl.core.buffer import ProbeReplayBuffer
-from poise_verl.core.probe import build_probe
+from poise_verl.core.domain_probes import DomainProbes
 
 
 @ray.remote(num_cpus=0)
@@ -26,20 +28,16 @@ class ReplayBufferActor:
     def __init__(self, capacity: dict[str, int]):
         self.buffer = ProbeReplayBuffer(capacity_by_domain=capacity)
 
-    def add_groups(self, groups: list[dict[str, Any]]) -> int:
-        """Append whole prompt groups; returns the rows held afterwards."""
-        for group in groups:
-            self.buffer.add_group(**group)
-        return self.buffer.num_rows
+    def add_batch(self, prompt, response, scalar, targets, uids, domains) -> dict[str, int]:
+        """Append a batch's rows, split into whole prompt groups; returns the rows held per domain."""
+        self.buffer.add_groups(prompt, response, scalar, targets, uids, domains)
+        return self.buffer.num_rows_by_domain
 
     def dataset(self):
         return self.buffer.dataset()
 
     def num_rows(self) -> int:
         return self.buffer.num_rows
-
-    def num_rows_by_domain(self) -> dict[str, int]:
-        return self.buffer.num_rows_by_domain
 
     def state_dict(self) -> dict[str, Any]:
         return self.buffer.state_dict()
@@ -50,41 +48,41 @@ class ReplayBufferActor:
 
 @ray.remote(num_cpus=0)
 class ProbeWorker:
-    """Holds the probe g(phi); predicts, and refits from scratch on the replay buffer's rows."""
+    """Holds the probes g_d(phi); predicts, and refits from scratch on the replay buffer's rows."""
 
-    def __init__(self, name: str, probe_kwargs: dict[str, Any], min_fit_rows: int):
+    def __init__(self, settings: ProbeSettings, domains: list[str], min_fit_rows: int):
         # The refit overlaps the actor update; a few threads, never more than the node has.
         torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1))))
-        self.probe = build_probe(name, **probe_kwargs)
-        self.min_fit_rows = min_fit_rows
-        self.num_fits = 0
+        self.probes = DomainProbes(domains, lambda: build_value_probe(settings), min_fit_rows)
 
-    def is_fitted(self) -> bool:
-        return self.probe.is_fitted
+    def fitted_domains(self) -> list[str]:
+        return self.probes.fitted_domains()
 
-    def predict(self, prompt: torch.Tensor, response: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
-        """``(B,)`` predicted values g(phi_i) in [0, 1]."""
-        return self.probe.predict(prompt, response, scalars)
+    def predict(self, prompt, response, scalar, domains) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(predictions (B,), fitted (B,) bool)``: g_d(phi_i) with each row's domain probe."""
+        return self.probes.predict(prompt, response, scalar, domains)
 
-    def refit(self, buffer: ReplayBufferActor, rows_held: int | None = None) -> dict[str, float]:
-        """Fit the probe from scratch on everything the buffer holds (after this step's advantages).
+    def refit(self, buffer: ReplayBufferActor, rows_held: dict[str, int] | None = None) -> dict[str, float]:
+        """Refit every domain's probe with enough rows (after this step's advantages are fixed).
 
         ``rows_held`` is the result of the push that must land first; the trainer passes its object ref, so
         Ray starts this call only once the push has finished.
         """
-        data = ray.get(buffer.dataset.remote())
-        rows = data.num_rows
-        if rows < self.min_fit_rows:
-            return {"poise/probe_fit_rows": float(rows), "poise/probe_refit": 0.0}
-        metrics = self.probe.fit(data.prompt_feats, data.response_feats, data.scalar_feats, data.targets)
-        self.num_fits += 1
-        out = {f"poise/probe_fit_{k}": float(v) for k, v in metrics.items()}
-        out.update({"poise/probe_fit_rows": float(rows), "poise/probe_refit": 1.0, "poise/probe_num_fits": float(self.num_fits)})
-        return out
+        per_domain = self.probes.refit(ray.get(buffer.dataset.remote()))
+        metrics: dict[str, float] = {}
+        for domain, values in per_domain.items():
+            metrics[f"poise/buffer_rows/{domain}"] = values["rows"]
+            metrics[f"poise/probe_refit/{domain}"] = values["refit"]
+            for key in ("train_mae", "train_rmse", "constant_fallback"):
+                if key in values:
+                    metrics[f"poise/probe_fit_{key}/{domain}"] = values[key]
+        metrics["poise/buffer_rows"] = sum(values["rows"] for values in per_domain.values())
+        metrics["poise/probe_refit"] = float(any(values["refit"] for values in per_domain.values()))
+        metrics["poise/probe_num_fits"] = float(sum(self.probes.num_fits.values()))
+        return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {"probe": self.probe.state_dict(), "num_fits": self.num_fits}
+        return self.probes.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.probe.load_state_dict(state["probe"])
-        self.num_fits = int(state["num_fits"])
+        self.probes.load_state_dict(state)

@@ -21,7 +21,7 @@ POISE_KEYS = [
     "poise/probe_mae",
     "poise/probe_pearson",
     "poise/buffer_rows",
-    "poise/adv_std",
+    "training/adv_std",
     "poise/probe_refit",
     "timing_s/gen",
     "timing_s/old_log_prob",

@@ -201,6 +201,7 @@ def register_fsdp_engines_for_cpu() -> None:
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
+    _never_pin_offloaded_parameters()
     engines = {"language_model": FSDPEngineWithLMHead, "value_model": FSDPEngineWithValueHead}
     for model_type, engine_cls in engines.items():
         # EngineRegistry.register asserts on a key that is taken; skip backends a later verl may already
@@ -209,3 +210,26 @@ def register_fsdp_engines_for_cpu() -> None:
         backends = [backend for backend in ("fsdp", "fsdp2") if PLATFORM_NAME not in taken.get(backend, {})]
         if backends:
             EngineRegistry.register(model_type=model_type, backend=backends, device=PLATFORM_NAME)(engine_cls)
+
+
+def _unpinned_cpu_offload_policy(pin_memory: bool = True):
+    """FSDP2's ``CPUOffloadPolicy`` that never pins: pinning host memory needs an accelerator."""
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    return CPUOffloadPolicy(pin_memory=False)
+
+
+def _never_pin_offloaded_parameters() -> None:
+    """Let verl build forward-only FSDP2 engines (the reference policy) on a machine without an accelerator.
+
+    verl 0.9.1 gives every forward-only FSDP2 engine ``CPUOffloadPolicy(pin_memory=True)``
+    (``workers/engine/fsdp/transformer_impl.py:462``), so any KL setting (``use_kl_in_reward`` or
+    ``use_kl_loss``, both build a reference model) fails at start with "Cannot access accelerator device when
+    none is available" from ``Tensor.pin_memory``. On the CPU the parameters already live in host memory and
+    offloading them is only placement, so in a process that loaded this platform the name that module builds
+    the policy from makes one that does not pin. Nothing else of the engine changes, and a GPU process never
+    imports this module.
+    """
+    from verl.workers.engine.fsdp import transformer_impl
+
+    transformer_impl.CPUOffloadPolicy = _unpinned_cpu_offload_policy

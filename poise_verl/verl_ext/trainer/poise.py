@@ -1,39 +1,39 @@
-"""POISE's trainer (and DAPO's guarded one) as small hooks on verl 0.9.1's v1 sync trainer.
+"""POISE's trainer: small hooks on verl 0.9.1's v1 sync trainer (``trainer.v1.trainer_mode=poise``).
 
 One POISE step reads like the algorithm:
 
-    generate -> reward -> old log-probs + features (one forward) -> probe predictions -> poise advantages
-    -> [probe sees this batch only now] push rows to the replay buffer, refit the probe (in the background)
+    generate -> reward -> old log-probs + features (one forward) -> probe predictions g(phi_i)
+    -> verl's advantage stage (KL penalty, rollout correction) with the ``poise`` estimator:
+       A_i = R_i - mean_{j != i} g(phi_j)
+    -> [the probes see this batch only now] push rows to the replay buffer, refit (in the background)
     -> actor update -> wait for the refit
 
 How it differs from GRPO/DAPO: two rollouts per prompt; rollout i's baseline is the probe's value prediction
-from its sibling's features, b_i = g(phi_j), so A_i = R_i - b_i with no std normalisation; no dynamic
-sampling. The probe is refit on the replay buffer only after the step's advantages are fixed: a probe that
-has seen R_i cannot baseline R_i without bias. During the first ``poise.bootstrap_steps`` steps the baseline
-is the sibling's reward (RLOO), while the buffer fills and the probe gets its first fits.
+from its sibling's features, with no std normalisation; no dynamic sampling. The probes (one per domain) are
+refit on the replay buffer only after the step's advantages are fixed: a probe that has seen R_i cannot
+baseline R_i without bias. During the first ``poise.bootstrap_steps`` steps, and for any domain whose probe
+is not fitted yet, the baseline is the sibling's reward (RLOO).
 
-Everything below is an override of a named hook of ``PPOTrainerSync``; ``fit`` and ``_step_once`` are verl's.
-Select with ``trainer.v1.trainer_mode=poise`` (``algo=poise`` does it).
+POISE changes only the baseline: ``_compute_advantage`` runs verl's own advantage stage around the
+``poise`` estimator (``poise_verl.verl_ext.adv_estimator``), so ``algorithm.use_kl_in_reward`` and
+``algorithm.rollout_correction`` act under POISE exactly as under GRPO. ``fit`` and ``_step_once`` are verl's.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import ray
 import torch
 import transfer_queue as tq
-from tensordict import TensorDict
-from verl.trainer.ppo.core_algos import get_adv_estimator_fn
 from verl.trainer.ppo.v1.trainer_base import register_trainer
-from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils.debug import marked_timer
-from verl.workers.utils.padding import response_to_nested
 
-from poise_verl.config import PoiseSettings
+from poise_verl.config import PoiseSettings, TrainerMode
+from poise_verl.core.buffer import storage_domain
 from poise_verl.core.cross_rollout import cross_baselines, sibling_targets
 from poise_verl.core.diagnostics import baseline_diagnostics
 from poise_verl.core.entropy import entropy_feature_matrix, entropy_statistics
@@ -45,94 +45,48 @@ from poise_verl.verl_ext.capture_engine import (
     THINK_TOKEN_KEY,
 )
 from poise_verl.verl_ext.probe_worker import ProbeWorker, ReplayBufferActor
+from poise_verl.verl_ext.step_predictions import StepPredictions, step_predictions
+from poise_verl.verl_ext.trainer.checked_sync import CheckedSyncTrainer, to_list
 
 logger = logging.getLogger(__name__)
 
 POISE_STATE_FILE = "poise_state.pt"
 
 
-def _to_list(field) -> list:
-    return list(field.tolist()) if hasattr(field, "tolist") else list(field)
+@dataclass
+class StepRollouts:
+    """One step's rollouts as POISE reads them, in verl's batch order (B rows, padding rows included).
 
-
-def per_rollout_advantage_std(advantages: torch.Tensor, response_mask: torch.Tensor) -> float:
-    """Std over the batch of A_i, each rollout's mean token advantage. ``(bs, T)``, ``(bs, T)`` -> float."""
-    mask = response_mask.to(torch.float32)
-    per_rollout = (advantages.to(torch.float32) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    return float(per_rollout.std())
-
-
-@register_trainer("poise_sync")
-class SyncTrainer(PPOTrainerSync):
-    """``PPOTrainerSync`` under another registered name, with verl's sync semantics kept.
-
-    verl 0.9.1 keys its synchronous behaviour on the mode's *name* (``trainer_mode == "sync"``): the
-    synchronous replay buffer, exact DAPO refills, no TransferQueue state in checkpoints. A subclass
-    registered as ``poise`` would silently get the asynchronous variants, so it reports ``sync`` here.
-    Also applies ``runtime.poll_interval_s``: how often verl's replay buffer looks for finished rollouts
-    (its constructor default is 2 s, which puts a 2 s floor under every generation phase).
+    Attributes:
+        uids: ``(B,)`` prompt uid per row. domains: B probe domains (``poise.buffer.capacity`` keys).
+        rewards: ``(B,)`` R_i, the summed verifiable reward (before any KL penalty).
+        prompt, response: ``(B, H)`` pooled layer-L states; scalars: ``(B, S)`` entropy statistics.
+        valid: ``(B,)`` bool, False on verl's padding rows (``is_padding``: no prompt, no reward, no group).
+        empty_responses: rollouts with no response token.
     """
 
-    def _check_rewards(self, uids: np.ndarray, rewards: torch.Tensor) -> None:
-        """A non-finite reward is an error naming the rollout and the reward function, never a NaN advantage."""
-        if torch.isfinite(rewards).all():
-            return
-        bad = int((~torch.isfinite(rewards)).nonzero()[0, 0])
-        function = self.config.reward.custom_reward_function
-        raise ValueError(
-            f"reward of rollout {bad} (uid={uids[bad]!r}) is {rewards[bad].item()}: the reward function "
-            f"{function.get('name')} in {function.get('path')} must return a finite number"
-        )
-
-    def _compute_advantage(self, batch, metrics):
-        data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["uid", "rm_scores"]
-        )
-        uids = np.array(_to_list(data["uid"]), dtype=object)
-        self._check_rewards(uids, data.exclude("uid").to_padded_tensor()["rm_scores"].sum(-1))
-        batch = super()._compute_advantage(batch, metrics)
-        # One name for every algorithm, so ablations compare GRPO/DAPO's spread of advantages with POISE's.
-        data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["advantages", "response_mask"]
-        )
-        padded = data.to_padded_tensor()
-        metrics["training/adv_std"] = per_rollout_advantage_std(padded["advantages"], padded["response_mask"])
-        return batch
-
-    def _build_replay_buffer(self):
-        buffer = super()._build_replay_buffer()
-        poll_interval = self.config.get("runtime", {}).get("poll_interval_s", None)
-        if poll_interval is not None:
-            buffer.poll_interval = float(poll_interval)
-        return buffer
-
-    @property
-    def trainer_mode(self) -> str:
-        return "sync"
-
-    @trainer_mode.setter
-    def trainer_mode(self, registered_name: str) -> None:  # verl assigns the configured name in __init__
-        pass
+    uids: np.ndarray
+    domains: list[str]
+    rewards: torch.Tensor
+    prompt: torch.Tensor
+    response: torch.Tensor
+    scalars: torch.Tensor
+    valid: torch.Tensor
+    empty_responses: int
 
 
-@register_trainer("poise")
-class PoiseTrainer(SyncTrainer):
+@register_trainer(TrainerMode.POISE)
+class PoiseTrainer(CheckedSyncTrainer):
     """verl's sync trainer with POISE's feature capture, probe baselines and probe state in checkpoints."""
 
     def __init__(self, config):
         super().__init__(config)
         self.poise = PoiseSettings.from_config(config.poise)
-        probe = self.poise.probe
-        probe_kwargs = {
-            "seed": probe.seed,
-            "prompt_components": probe.prompt_pca_dim,
-            "response_components": probe.response_pca_dim,
-        }
-        if probe.name == "ridge":
-            probe_kwargs["alpha"] = probe.ridge_alpha
+        domains = list(self.poise.buffer.capacity)
         self.replay_buffer_actor = ReplayBufferActor.remote(dict(self.poise.buffer.capacity))
-        self.probe_worker = ProbeWorker.remote(probe.name, probe_kwargs, self.poise.min_fit_rows)
+        self.probe_worker = ProbeWorker.remote(self.poise.probe, domains, self.poise.min_fit_rows)
         self._pending_refit = None  # (rows-held ref, refit-metrics ref) of the refit issued this step
+        self._rloo_domains: set[str] = set()  # domains on RLOO after the bootstrap, announced in the log
         self.end_of_thinking_token_id: int | None = None
 
     # ---------------------------------------------------------------- set-up
@@ -171,7 +125,27 @@ class PoiseTrainer(SyncTrainer):
 
     # ---------------------------------------------------------------- advantages
     def _compute_advantage(self, batch, metrics):
-        """Probe predictions -> cross-rollout advantages -> (only then) hand this batch to the probe."""
+        """Probe predictions -> verl's advantage stage with the poise estimator -> only then the probes learn."""
+        rollouts = self._read_rollouts(batch)
+        with marked_timer("probe_predict", self.timing_raw, color="purple"):
+            predictions, fitted = ray.get(
+                self.probe_worker.predict.remote(
+                    rollouts.prompt, rollouts.response, rollouts.scalars, rollouts.domains
+                )
+            )  # g_d(phi_i), from probes fitted on earlier steps only
+        bootstrap = self.global_steps <= self.poise.bootstrap_steps
+        from_probe = fitted & rollouts.valid & (not bootstrap)
+        if not bootstrap:
+            self._announce_rloo_domains(rollouts, fitted)
+        step = StepPredictions(rollouts.uids, predictions, from_probe, rollouts.valid)
+        with step_predictions(step):
+            batch = super()._compute_advantage(batch, metrics)
+        metrics.update(self._poise_metrics(rollouts, predictions, fitted, from_probe))
+        # The advantages are fixed and written; only now may the probes learn from this batch's rewards.
+        self._issue_refit(rollouts)
+        return batch
+
+    def _read_rollouts(self, batch) -> StepRollouts:
         domain_key = self.poise.buffer.domain_key
         fields = [
             "uid",
@@ -183,110 +157,96 @@ class PoiseTrainer(SyncTrainer):
             RESPONSE_FEATURES,
         ]
         data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=fields + [domain_key]
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=[*fields, domain_key]
         )
-        nested_response_mask = data["response_mask"]
-        uids = np.array(_to_list(data["uid"]), dtype=object)
-        domains = [str(d) for d in _to_list(data[domain_key])]
+        uids = np.array([str(uid) for uid in to_list(data["uid"])], dtype=object)
+        domains = [storage_domain(d, self.poise.buffer.capacity) for d in to_list(data[domain_key])]
         padded = data.exclude("uid", domain_key).to_padded_tensor()
-        response_mask = padded["response_mask"].to(torch.float32)  # (bs, T)
-        token_level_rewards = padded["rm_scores"].to(torch.float32)  # (bs, T)
-        rewards = token_level_rewards.sum(-1)  # R_i, (bs,)
-        self._check_rewards(uids, rewards)
-
-        # phi: pooled layer-L hidden states from the old-log-prob pass, plus entropy statistics of that pass.
-        prompt_features = padded[PROMPT_FEATURES].to(torch.float32)  # (bs, H)
-        response_features = padded[RESPONSE_FEATURES].to(torch.float32)  # (bs, H)
+        response_mask = padded["response_mask"].to(torch.float32)  # (B, T)
         stats = entropy_statistics(
             padded["entropy"], response_mask, padded["responses"], self.end_of_thinking_token_id
         )
-        scalar_features = entropy_feature_matrix(stats, self.poise.entropy_features)  # (bs, S)
-
-        with marked_timer("probe_predict", self.timing_raw, color="purple"):
-            predictions = None
-            if ray.get(self.probe_worker.is_fitted.remote()):
-                predictions = ray.get(
-                    self.probe_worker.predict.remote(prompt_features, response_features, scalar_features)
-                )  # g(phi_i), fitted on earlier steps only
-        use_probe = predictions is not None and self.global_steps > self.poise.bootstrap_steps
-        # Bootstrap: passing R as the "predictions" makes the estimator's sibling mean the RLOO baseline.
-        reward_baselines = predictions if use_probe else rewards
-        estimator = get_adv_estimator_fn(self.config.algorithm.adv_estimator)
-        advantages, returns = estimator(
-            token_level_rewards=token_level_rewards,
-            response_mask=response_mask,
-            index=uids,
-            reward_baselines=reward_baselines,
-            config=self.config.algorithm,
+        valid = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags], dtype=torch.bool)
+        return StepRollouts(
+            uids=uids,
+            domains=domains,
+            rewards=padded["rm_scores"].to(torch.float32).sum(-1),  # R_i
+            prompt=padded[PROMPT_FEATURES].to(torch.float32),
+            response=padded[RESPONSE_FEATURES].to(torch.float32),
+            scalars=entropy_feature_matrix(stats, self.poise.entropy_features),
+            valid=valid,
+            empty_responses=int(((response_mask.sum(-1) == 0) & valid).sum()),
         )
-        output = TensorDict(
-            {
-                "advantages": response_to_nested(advantages, nested_response_mask),
-                "returns": response_to_nested(returns, nested_response_mask),
-            },
-            batch_size=len(batch),
-        )
-        batch = tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
 
-        metrics.update(self._poise_metrics(rewards, predictions, uids, advantages, response_mask, use_probe))
-        metrics["poise/empty_responses"] = float((response_mask.sum(-1) == 0).sum())
-        metrics["training/adv_std"] = per_rollout_advantage_std(advantages, response_mask)
-
-        # The advantages above are fixed; only now may the probe learn from this batch's rewards.
-        self._issue_refit(uids, domains, prompt_features, response_features, scalar_features, rewards)
-        return batch
-
-    def _poise_metrics(self, rewards, predictions, uids, advantages, response_mask, use_probe) -> dict:
-        per_rollout_advantage = advantages.sum(-1) / response_mask.sum(-1).clamp(min=1)  # A_i
-        metrics = {
-            "poise/phase_probe": float(use_probe),
-            "poise/adv_std": float(per_rollout_advantage.std()),
-            "poise/adv_abs_mean": float(per_rollout_advantage.abs().mean()),
-            "poise/reward_mean": float(rewards.mean()),
+    def _announce_rloo_domains(self, rollouts: StepRollouts, fitted: torch.Tensor) -> None:
+        """After the bootstrap, say once per domain (in the log, not only in a metric) when RLOO stands in."""
+        unfitted = {
+            d
+            for d, f, v in zip(rollouts.domains, fitted.tolist(), rollouts.valid.tolist(), strict=True)
+            if v and not f
         }
-        if predictions is not None:
-            # Predictions made before this step's refit, against the rewards then realised.
-            baselines = cross_baselines(predictions, uids)  # b_i = mean_{j != i} g(phi_j)
-            for name, value in baseline_diagnostics(rewards, baselines).items():
-                metrics[f"poise/probe_{name}"] = float(value)
-            metrics["poise/prediction_mean"] = float(predictions.mean())
+        for domain in sorted(unfitted - self._rloo_domains):
+            logger.warning(
+                "POISE step %d: the probe for domain %r is not fitted yet (its buffer rows are below "
+                "poise.min_fit_rows=%d), so its rollouts are baselined with the sibling's reward (RLOO) until it is",
+                self.global_steps,
+                domain,
+                self.poise.min_fit_rows,
+            )
+        for domain in sorted(self._rloo_domains - unfitted):
+            logger.warning(
+                "POISE step %d: the probe for domain %r is fitted; probe baselines from now on",
+                self.global_steps,
+                domain,
+            )
+        self._rloo_domains = unfitted
+
+    def _poise_metrics(self, rollouts: StepRollouts, predictions, fitted, from_probe) -> dict[str, float]:
+        valid = rollouts.valid
+        metrics = {
+            "poise/phase_probe": float(from_probe[valid].float().mean()) if bool(valid.any()) else 0.0,
+            "poise/reward_mean": float(rollouts.rewards[valid].mean()) if bool(valid.any()) else 0.0,
+            "poise/empty_responses": float(rollouts.empty_responses),
+        }
+        # Predictions made before this step's refit, against the rewards then realised; per domain and overall.
+        scored = fitted & valid
+        domains = np.array(rollouts.domains, dtype=object)
+        groups = [("", scored)] + [
+            (f"/{d}", scored & torch.from_numpy(domains == d)) for d in sorted(set(domains[scored.numpy()]))
+        ]
+        for suffix, rows in groups:
+            if not bool(rows.any()):
+                continue
+            baselines = cross_baselines(
+                predictions[rows], rollouts.uids[rows.numpy()]
+            )  # b_i = mean_{j!=i} g(phi_j)
+            for name, value in baseline_diagnostics(rollouts.rewards[rows], baselines).items():
+                metrics[f"poise/probe_{name}{suffix}"] = float(value)
+            metrics[f"poise/prediction_mean{suffix}"] = float(predictions[rows].mean())
         return metrics
 
     # ---------------------------------------------------------------- probe refit
-    def _issue_refit(self, uids, domains, prompt_features, response_features, scalar_features, rewards):
-        """Push this batch's rows (whole prompt groups) and refit the probe, in the background."""
-        targets = sibling_targets(rewards, uids)  # y_j = mean reward of j's siblings
-        groups = []
-        for uid in dict.fromkeys(uids.tolist()):
-            rows = torch.as_tensor(np.flatnonzero(uids == uid))
-            groups.append(
-                {
-                    "uid": str(uid),
-                    "domain": domains[int(rows[0])],
-                    "prompt_feats": prompt_features[rows],
-                    "response_feats": response_features[rows],
-                    "scalar_feats": scalar_features[rows],
-                    "targets": targets[rows],
-                }
-            )
-        rows_held = self.replay_buffer_actor.add_groups.remote(groups)
+    def _issue_refit(self, rollouts: StepRollouts) -> None:
+        """Push this batch's real rows (whole prompt groups) and refit the probes, in the background."""
+        rows = rollouts.valid
+        uids = rollouts.uids[rows.numpy()]
+        rows_held = self.replay_buffer_actor.add_batch.remote(
+            rollouts.prompt[rows],
+            rollouts.response[rows],
+            rollouts.scalars[rows],
+            sibling_targets(rollouts.rewards[rows], uids),  # y_j = mean reward of j's siblings
+            uids,
+            [d for d, keep in zip(rollouts.domains, rows.tolist(), strict=True) if keep],
+        )
         # Passing rows_held as an argument makes Ray run the refit after the push has landed.
-        refit = self.probe_worker.refit.remote(self.replay_buffer_actor, rows_held)
-        self._pending_refit = (rows_held, refit)
-
-    def _finish_refit(self) -> dict:
-        if self._pending_refit is None:
-            return {}
-        rows_held, refit = self._pending_refit
-        self._pending_refit = None
-        metrics = ray.get(refit)
-        metrics["poise/buffer_rows"] = float(ray.get(rows_held))
-        return metrics
+        self._pending_refit = self.probe_worker.refit.remote(self.replay_buffer_actor, rows_held)
 
     def _step_once(self, metrics, timing_raw, sample_batch_size):
         batch = super()._step_once(metrics, timing_raw, sample_batch_size)
         with marked_timer("probe_refit_wait", timing_raw, color="purple"):
-            metrics.update(self._finish_refit())
+            if self._pending_refit is not None:
+                metrics.update(ray.get(self._pending_refit))
+                self._pending_refit = None
         return batch
 
     # ---------------------------------------------------------------- checkpoints
@@ -298,7 +258,7 @@ class PoiseTrainer(SyncTrainer):
 
     def _save_checkpoint(self):
         # POISE's state goes in first: verl writes latest_checkpointed_iteration.txt last, so a crash in
-        # between never leaves a checkpoint that resumes without its probe and buffer.
+        # between never leaves a checkpoint that resumes without its probes and buffer.
         folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
         os.makedirs(folder, exist_ok=True)
         state = {
@@ -319,7 +279,7 @@ class PoiseTrainer(SyncTrainer):
         path = os.path.join(self._step_folder(), POISE_STATE_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(
-                f"{path} is missing: the checkpoint at {self._step_folder()} holds no POISE state (probe, replay "
+                f"{path} is missing: the checkpoint at {self._step_folder()} holds no POISE state (probes, replay "
                 "buffer). It was not written by the POISE trainer; resume it with the algorithm that wrote it, "
                 "or point trainer.default_local_dir at a new folder"
             )
@@ -331,33 +291,3 @@ class PoiseTrainer(SyncTrainer):
             path,
             ray.get(self.replay_buffer_actor.num_rows.remote()),
         )
-
-
-@register_trainer("dapo")
-class DapoTrainer(SyncTrainer):
-    """verl's sync trainer for DAPO, plus a bound on dynamic sampling.
-
-    verl 0.9.1's v1 replay buffer ignores ``algorithm.filter_groups.max_num_gen_batches`` and keeps refilling
-    while every group's rewards agree, so a task the policy always (or never) solves spins forever. Here each
-    step may dispatch at most ``max_num_gen_batches`` extra batches of prompts; past that the run stops with
-    an error that says what to change.
-    """
-
-    def on_sample_begin(self):
-        super().on_sample_begin()
-        self._refill_prompts_this_step = 0
-
-    def _add_prompts_to_generate(self, num_prompts: int) -> int:
-        filter_groups = self.config.algorithm.filter_groups
-        max_batches = int(filter_groups.get("max_num_gen_batches", 0) or 0)
-        train_batch_size = int(self.config.data.train_batch_size)
-        self._refill_prompts_this_step = getattr(self, "_refill_prompts_this_step", 0) + num_prompts
-        if max_batches > 0 and self._refill_prompts_this_step > max_batches * train_batch_size:
-            raise RuntimeError(
-                f"DAPO dynamic sampling could not fill step {self.global_steps}: after {max_batches} extra generation "
-                f"batches of {train_batch_size} prompts, too few groups had rewards that differ "
-                f"(algorithm.filter_groups.metric={filter_groups.metric}). The task is too easy or too hard for the "
-                "policy: raise algorithm.filter_groups.max_num_gen_batches, lower data.train_batch_size, or check "
-                "the reward function"
-            )
-        return super()._add_prompts_to_generate(num_prompts)

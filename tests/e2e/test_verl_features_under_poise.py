@@ -1,0 +1,100 @@
+"""verl's own advantage-stage features act under POISE exactly as under GRPO, on the tiny default.
+
+POISE changes only the baseline: its trainer runs verl's advantage stage around the `poise` estimator, so the
+KL penalty in the reward (`algorithm.use_kl_in_reward`), the KL loss (`actor.use_kl_loss`, both need verl's
+reference policy, which must build on the CPU platform) and rollout correction (importance weights from the
+rollout's log-probs, `algorithm.rollout_correction`) give the same metrics under both. The POISE launch also
+covers what only POISE has: one probe per domain on mixed data (two `ability` values with different reward
+rules), RLOO for a domain whose probe is not fitted yet (said in the log), and verl's padding rows (a batch
+that does not divide into mini-batches), which must not enter the replay buffer. Two launches in all.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from e2e_runner import assert_finite, run_main
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+# The same verl features under both algorithms.
+FEATURES = [
+    "actor_rollout_ref.rollout.calculate_log_probs=true",
+    "algorithm.rollout_correction.rollout_is=token",
+    "algorithm.use_kl_in_reward=true",
+    "actor_rollout_ref.actor.use_kl_loss=true",
+    "trainer.val_before_train=false",
+    "trainer.test_freq=-1",
+    "trainer.save_freq=-1",
+]
+KL_KEYS = ["actor/reward_kl_penalty", "actor/reward_kl_penalty_coeff", "actor/kl_loss"]
+
+# A second domain with its own reward rule: `code` rows are scored on format only (a closed \boxed{}).
+MIXED_REWARD = '''
+from poise_verl.tiny.reward import compute_score as arithmetic, last_boxed
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    if data_source == "tiny_code":
+        return 1.0 if last_boxed(solution_str) is not None else 0.0
+    return arithmetic(data_source, solution_str, ground_truth, extra_info, **kwargs)
+'''
+
+
+def _families(metrics: dict[int, dict[str, float]], step: int) -> set[str]:
+    return {key for key in metrics[step] if key.startswith("rollout_corr/")}
+
+
+def test_kl_and_rollout_correction_act_under_poise_as_under_grpo(tiny_assets, tmp_path):
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "poise").mkdir()
+    grpo = run_main(["algo=grpo", "trainer.total_training_steps=2", *FEATURES], tmp_path / "grpo")
+    assert grpo.returncode == 0, grpo.log[-4000:]
+
+    # Every fourth prompt becomes a `code` prompt with the format reward.
+    frame = pd.read_parquet(tiny_assets / "data" / "train.parquet").head(4096)
+    code = frame.index % 4 == 0
+    frame.loc[code, "ability"], frame.loc[code, "data_source"] = "code", "tiny_code"
+    data = tmp_path / "mixed.parquet"
+    frame.to_parquet(data)
+    reward = tmp_path / "mixed_reward.py"
+    reward.write_text(MIXED_REWARD)
+    poise = run_main(
+        [
+            "algo=poise",
+            "trainer.total_training_steps=3",
+            *FEATURES,
+            f"data.train_files={data}",
+            f"reward.custom_reward_function.path={reward}",
+            # 8 prompts per step in mini-batches of 6: verl pads the 16 rollouts with 8 made-up rows to 24.
+            "budget.rollouts_per_minibatch=12",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+            "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+            "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
+            # ~4 code rows a step: the code probe needs a few steps before it can be fitted.
+            "poise.min_fit_rows=10",
+        ],
+        tmp_path / "poise",
+    )
+    assert poise.returncode == 0, poise.log[-4000:]
+    grpo_metrics, poise_metrics = grpo.metrics(), poise.metrics()
+
+    # The same verl features give the same metrics under both algorithms.
+    for step in (1, 2):
+        assert_finite(grpo_metrics[step], KL_KEYS)
+        assert_finite(poise_metrics[step], KL_KEYS)
+        assert len(_families(grpo_metrics, step)) > 20
+        assert _families(poise_metrics, step) == _families(grpo_metrics, step)
+        assert_finite(poise_metrics[step], sorted(_families(poise_metrics, step)))
+
+    # verl padded each batch (8 rows of 128 tokens), and the padding never reached the replay buffer.
+    assert all(poise_metrics[step]["global_seqlen/mean"] > 8 * 128 for step in (1, 2, 3))
+    assert poise_metrics[3]["poise/buffer_rows"] == 3 * 16
+
+    # One probe per domain: after the bootstrap step the math probe baselines math rows, while the code
+    # domain (too few rows for its own probe) uses RLOO, announced in the log.
+    step2 = poise_metrics[2]
+    assert_finite(step2, ["poise/probe_pearson/math", "poise/probe_mae/math", "poise/buffer_rows/code"])
+    assert 0.0 < step2["poise/phase_probe"] < 1.0
+    assert step2["poise/buffer_rows/math"] + step2["poise/buffer_rows/code"] == 2 * 16
+    assert "the probe for domain 'code' is not fitted yet" in poise.log
