@@ -28,9 +28,20 @@ def last_boxed(text: str) -> str | None:
 
 
 def compute_score(
-    data_source: str, solution_str: str, ground_truth: str | None, extra_info: dict | None = None, **kwargs
-) -> float:
-    """1.0 on an exact (whitespace-stripped) match of the last boxed answer, else 0.0."""
+    data_source: str,
+    solution_str: str,
+    ground_truth: str | None,
+    extra_info: dict | None = None,
+    incorrect_score: float = 0.0,
+    **kwargs,
+) -> float | dict[str, float]:
+    """1.0 on an exact (whitespace-stripped) match of the last boxed answer, else ``incorrect_score``.
+
+    POISE keeps the official 0/1 score (its probe predicts a success rate) and gets a float, which verl also
+    logs as the accuracy. ``algo=dapo`` passes ``incorrect_score=-1.0``, the score of verl's DAPO recipe
+    (``math_dapo``); then the result is ``{"score": 1.0 or -1.0, "acc": 1.0 or 0.0}``, so that validation
+    and DAPO's group filter still read the accuracy from ``acc``.
+    """
     if ground_truth is None or str(ground_truth).strip() == "":
         index = (extra_info or {}).get("index")
         raise ValueError(
@@ -38,6 +49,7 @@ def compute_score(
             "each parquet row needs reward_model.ground_truth."
         )
     answer = last_boxed(solution_str)
-    if answer is None:
-        return 0.0
-    return 1.0 if answer.strip() == str(ground_truth).strip() else 0.0
+    correct = 1.0 if answer is not None and answer.strip() == str(ground_truth).strip() else 0.0
+    if incorrect_score == 0.0:
+        return correct
+    return {"score": 1.0 if correct else float(incorrect_score), "acc": correct}
