@@ -1,8 +1,13 @@
 """Sample responses (transformers ``generate`` or vLLM) and score them with the project's reward.
 
-Responses are token lists ending at (and including) the first end-of-sequence token; a response without
-one hit the token limit (``truncated``). Texts are decoded with ``skip_special_tokens=True``, as verl's
-reward loop decodes them, and scored by ``poise_verl.data.scoring.default_compute_score``.
+The one batched-generation routine of the project lives here: :func:`generate_padded` (one left-padded
+``generate`` call, optionally recording each sampled token's log-probability) and :func:`generate_hf`
+(``n`` samples per prompt in batches of rows). The tiny build (``poise_verl.tiny.sampling``), the evidence
+commands and the CPU rollout server (``poise_verl.verl_ext.cpu.hf_rollout``) all generate through them.
+
+Responses are token lists ending at (and including) the first stop token; a response without one hit the
+token limit (``truncated``). Texts are decoded with ``skip_special_tokens=True``, as verl's reward loop
+decodes them, and scored by ``poise_verl.data.scoring.default_compute_score``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import LogitsProcessor, StoppingCriteria
 
 from poise_verl.analysis.prompts import PromptRow
 
@@ -21,17 +27,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Response:
-    """One sampled response: ``token_ids`` up to and including the first EOS; ``truncated`` when none."""
+    """One sampled response: ``token_ids`` up to and including the first stop token; ``truncated`` when none.
+
+    ``log_probs`` (when asked for) holds log p(token) of each of ``token_ids`` under the sampling distribution.
+    """
 
     token_ids: list[int]
     truncated: bool
+    log_probs: list[float] | None = None
 
 
-def _cut_at_eos(tokens: list[int], eos_ids: set[int]) -> Response:
-    for position, token in enumerate(tokens):
-        if token in eos_ids:
-            return Response(tokens[: position + 1], truncated=False)
-    return Response(tokens, truncated=True)
+def _cut(tokens: list[int], stop_ids: set[int], budget: int) -> tuple[int, bool]:
+    """(length, truncated) of a response: up to its first stop token (inclusive) within ``budget`` tokens."""
+    for position, token in enumerate(tokens[:budget]):
+        if token in stop_ids:
+            return position + 1, False
+    return min(budget, len(tokens)), True
 
 
 def _token_limit(model, prompt_length: int, max_new_tokens: int) -> int:
@@ -47,17 +58,102 @@ def _token_limit(model, prompt_length: int, max_new_tokens: int) -> int:
     return min(max_new_tokens, room)
 
 
-def sampling_kwargs(temperature: float, top_p: float) -> dict:
+def sampling_kwargs(temperature: float, top_p: float, top_k: int = 0) -> dict:
     """``generate`` arguments. transformers 5 leaves top_k unset (then 50 from defaults): pass top_k=0 so
     that temperature/top_p sampling is exactly that, as vLLM's SamplingParams(top_k=-1) is."""
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise ValueError(
+            f"need temperature >= 0, 0 < top_p <= 1 and top_k >= 0, got {temperature}, {top_p}, {top_k}"
+        )
     if temperature == 0:
         return {"do_sample": False, "top_k": None, "top_p": None, "temperature": None}
-    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
+
+
+class TokenLogProbRecorder(LogitsProcessor, StoppingCriteria):
+    """Records log p(token) of each sampled token during ``generate`` without keeping the logits.
+
+    As a logits processor (transformers runs it ahead of its temperature/top-k/top-p warpers) it sees each
+    step's raw logits and keeps ``log softmax(logits / T)`` for that step (raw logits when greedy); as a
+    stopping criterion (called after the sampled token is appended) it picks out the sampled token's entry.
+    Memory is one ``(B, V)`` row, not the ``(B, T, V)`` that ``output_logits=True`` would hold. These are
+    the log-probs verl's actor computes for ``old_log_prob``; top-k/top-p only decide which token is drawn.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature if temperature > 0 else 1.0
+        self.step_log_probs: torch.Tensor | None = None
+        self.sampled_log_probs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor):
+        if self.step_log_probs is None:  # logits-processor call: scores are this step's logits, (B, V)
+            self.step_log_probs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+            return scores
+        # stopping-criterion call: input_ids now ends with the token just sampled, (B, L + t)
+        self.sampled_log_probs.append(self.step_log_probs.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.step_log_probs = None
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 @torch.no_grad()
+def generate_padded(
+    model,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int | Sequence[int],
+    stop_ids: Sequence[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    log_probs: bool = False,
+) -> list[Response]:
+    """One response per prompt from a single left-padded ``generate`` call.
+
+    Prompts of different lengths are left-padded with an attention mask (``generate`` derives the position
+    ids from the mask, so a padded prompt sees the positions it would see alone). ``max_new_tokens`` is one
+    budget or one per prompt: the call runs to the largest and each response is cut at its own budget and at
+    its first stop token (inclusive), which is exact because a sampled token never depends on later ones.
+    ``temperature=0`` is greedy. Sampling draws from torch's global generator: seed it for repeatable samples.
+    """
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts) or not prompts:
+        raise ValueError(f"need one budget per prompt and at least one prompt, got {len(budgets)}, {len(prompts)}")
+    stops = set(stop_ids)
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
+    recorder = TokenLogProbRecorder(temperature) if log_probs else None
+    generated = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        max_new_tokens=_token_limit(model, width, max(budgets)),
+        min_new_tokens=0,
+        eos_token_id=sorted(stops) or None,
+        pad_token_id=pad_id,
+        repetition_penalty=1.0,
+        use_cache=True,
+        logits_processor=[recorder] if recorder else None,
+        stopping_criteria=[recorder] if recorder else None,
+        **sampling_kwargs(temperature, top_p, top_k),
+    )[:, width:].tolist()
+    token_log_probs = torch.stack(recorder.sampled_log_probs, dim=1).tolist() if recorder else None
+    responses = []
+    for row, tokens in enumerate(generated):
+        length, truncated = _cut(tokens, stops, budgets[row])
+        responses.append(
+            Response(
+                token_ids=tokens[:length],
+                truncated=truncated,
+                log_probs=token_log_probs[row][:length] if token_log_probs is not None else None,
+            )
+        )
+    return responses
+
+
 def generate_hf(
     model,
     prompt_ids: Sequence[list[int]],
@@ -69,45 +165,37 @@ def generate_hf(
     max_new_tokens: int = 1024,
     batch_rows: int = 256,
     progress: bool = True,
+    same_length_batches: bool = False,
 ) -> list[list[Response]]:
     """``n`` responses per prompt with transformers ``generate``: ``out[prompt][sample]``.
 
-    Rows are sorted by prompt length and batched ``batch_rows`` at a time with left padding and an
-    attention mask (``generate`` derives the position ids from the mask, so a padded prompt sees the same
-    positions as an unpadded one). Seed torch before calling for reproducible samples.
+    Rows (each prompt ``n`` times) are sorted by prompt length (stable) and generated ``batch_rows`` at a
+    time by :func:`generate_padded`. With ``same_length_batches`` a batch also ends where the prompt length
+    changes, so no prompt is ever padded. Seed torch before calling for reproducible samples.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    eos = set(eos_ids)
-    device = next(model.parameters()).device
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     rows = [i for i in order for _ in range(n)]
     out: list[list[Response]] = [[] for _ in prompt_ids]
-    batches = math.ceil(len(rows) / batch_rows)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(rows), desc="generate", unit="rollout")
-    for start in range(0, len(rows), batch_rows):
+    start, batches = 0, 0
+    while start < len(rows):
         chunk = rows[start : start + batch_rows]
-        width = max(len(prompt_ids[i]) for i in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids = prompt_ids[i]
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
-        generated = model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            max_new_tokens=_token_limit(model, width, max_new_tokens),
-            eos_token_id=list(eos),
-            pad_token_id=pad_id,
-            **sampling_kwargs(temperature, top_p),
-        )[:, width:].tolist()
-        for i, tokens in zip(chunk, generated, strict=True):
-            out[i].append(_cut_at_eos(tokens, eos))
+        if same_length_batches:
+            length = len(prompt_ids[chunk[0]])
+            chunk = [i for i in chunk if len(prompt_ids[i]) == length]  # rows are sorted: a prefix
+        start += len(chunk)
+        batches += 1
+        responses = generate_padded(
+            model, [prompt_ids[i] for i in chunk], max_new_tokens, eos_ids, pad_id, temperature, top_p
+        )
+        for i, response in zip(chunk, responses, strict=True):
+            out[i].append(response)
         if bar is not None:
             bar.update(len(chunk))
     if bar is not None:
@@ -151,10 +239,10 @@ def generate_vllm(
     for output in outputs:
         group = []
         for completion in output.outputs:
-            response = _cut_at_eos(list(completion.token_ids), eos)
+            tokens = list(completion.token_ids)
+            length, _ = _cut(tokens, eos, len(tokens))
             # vLLM may stop on a stop token without returning it; "length" is the only truncation.
-            response.truncated = completion.finish_reason == "length"
-            group.append(response)
+            group.append(Response(tokens[:length], truncated=completion.finish_reason == "length"))
         results.append(group)
     return results
 

@@ -1,15 +1,13 @@
-"""Batched sampling and pass-rate measurement for the tiny policy, in plain torch (no verl).
+"""Sampling and pass-rate measurement for the tiny policy, in plain torch (no verl).
 
-Used by the build (to measure the warmed-up policy) and by ``quick_rl``. Prompts are grouped by token
-length so no batch needs padding: the model then sees exactly the positions it will see under verl.
+Used by the build (to measure the warmed-up policy). Generation is the project's one batched routine,
+:func:`poise_verl.analysis.sampling.generate_hf`, with batches that never mix prompt lengths, so no prompt
+is padded: the model sees exactly the positions it sees under verl.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-import torch
-
+from poise_verl.analysis.sampling import generate_hf
 from poise_verl.tiny.reward import compute_score
 from poise_verl.tiny.task import DATA_SOURCE, Problem
 from poise_verl.tiny.tokenizer import prompt_text
@@ -21,7 +19,6 @@ def encode_prompts(tokenizer, problems: list[Problem]) -> list[list[int]]:
     return [tokenizer(prompt_text(p.prompt), add_special_tokens=False)["input_ids"] for p in problems]
 
 
-@torch.no_grad()
 def sample(
     model,
     tokenizer,
@@ -35,38 +32,19 @@ def sample(
 
     ``temperature=0`` is greedy. Returns ``out[prompt][k]``.
     """
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    by_length: dict[int, list[int]] = defaultdict(list)
-    for i, ids in enumerate(prompt_ids):
-        by_length[len(ids)].append(i)
-    out: list[list[list[int]]] = [[] for _ in prompt_ids]
-    rows = [(i, k) for length in sorted(by_length) for i in by_length[length] for k in range(n)]
-    start = 0
-    while start < len(rows):
-        length = len(prompt_ids[rows[start][0]])
-        chunk = []
-        while start < len(rows) and len(chunk) < batch_rows and len(prompt_ids[rows[start][0]]) == length:
-            chunk.append(rows[start])
-            start += 1
-        input_ids = torch.tensor([prompt_ids[i] for i, _ in chunk])
-        sampling = (
-            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-            if temperature > 0
-            else {"do_sample": False}
-        )
-        generated = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            **sampling,
-        )[:, length:].tolist()
-        for (i, _), response in zip(chunk, generated, strict=True):
-            if eos in response:
-                response = response[: response.index(eos) + 1]
-            out[i].append(response)
-    return out
+    responses = generate_hf(
+        model,
+        prompt_ids,
+        n=n,
+        eos_ids=[tokenizer.eos_token_id],
+        pad_id=tokenizer.pad_token_id,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_rows=batch_rows,
+        progress=False,
+        same_length_batches=True,
+    )
+    return [[response.token_ids for response in group] for group in responses]
 
 
 def pass_rates(

@@ -6,9 +6,10 @@ each registered through verl's own registries (no verl code is copied):
 
 - :class:`HFRolloutServer`, a Ray actor holding a ``transformers`` causal LM. ``generate`` is
   token-in/token-out like vLLM's: it returns the response token ids and, when the request asks for
-  ``logprobs``, the log-probability of each sampled token. Concurrent requests are collected for a few
-  milliseconds and answered by one left-padded ``model.generate`` call (requests with different sampling
-  settings go in separate calls).
+  ``logprobs``, the log-probability of each sampled token. Concurrent requests are collected until none
+  has arrived for a few milliseconds and answered by one left-padded ``generate`` call
+  (:func:`poise_verl.analysis.sampling.generate_padded`; requests with different sampling settings go in
+  separate calls).
 - :class:`HFReplica`, the :class:`~verl.workers.rollout.replica.RolloutReplica` that launches one server per
   replica (``RolloutReplicaRegistry`` name ``hf``).
 - :class:`HFServerAdapter`, the :class:`~verl.workers.rollout.base.BaseRollout` living in each actor worker
@@ -27,12 +28,13 @@ import asyncio
 import dataclasses
 import logging
 import os
+import time
 from typing import Any
 
 import ray
 import torch
 from omegaconf import DictConfig
-from transformers import AutoModelForCausalLM, LogitsProcessor, StoppingCriteria
+from transformers import AutoModelForCausalLM
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.fs import copy_to_local
 from verl.workers.config import HFModelConfig, RolloutConfig
@@ -40,14 +42,19 @@ from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
 from verl.workers.rollout.utils import ensure_async_iterator
 
+from poise_verl.analysis.sampling import generate_padded
+
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 ROLLOUT_NAME = "hf"
 
-# How long the server waits after the first request of a batch for more to arrive. The agent loop submits
-# all prompts of a step at once, so a few milliseconds collect them all.
-DEFAULT_BATCH_WAIT_S = 0.005
+# A batch is sent to generate once no new request has arrived for this long. verl's agent loop prepares the
+# requests of a step one after another (about a millisecond each on a 2-core machine) and sends each as soon
+# as it is ready, so a short quiet period collects a whole step into one generate call.
+DEFAULT_BATCH_WAIT_S = 0.02
+# ... or once the first request of the batch has waited this long.
+DEFAULT_MAX_BATCH_DELAY_S = 1.0
 
 
 def server_actor_name(replica_rank: int, node_rank: int = 0, role: str = "", name_suffix: str = "") -> str:
@@ -78,31 +85,6 @@ class _Request:
     future: asyncio.Future
 
 
-class _TokenLogProbRecorder(LogitsProcessor, StoppingCriteria):
-    """Records log p(token) of each sampled token during ``generate`` without keeping the logits.
-
-    As a logits processor (placed ahead of HF's temperature/top-k/top-p warpers) it sees each step's raw
-    logits and keeps ``log softmax(logits / T)`` for that one step; as a stopping criterion (called after the
-    sampled token is appended) it picks out the sampled token's entry. Memory is one ``(B, V)`` row, not
-    the ``(B, T, V)`` that ``output_logits=True`` would hold.
-    """
-
-    def __init__(self, temperature: float):
-        self.temperature = temperature if temperature > 0 else 1.0
-        self.step_log_probs: torch.Tensor | None = None
-        self.sampled_log_probs: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor):
-        if self.step_log_probs is None:  # logits-processor call: scores are this step's logits, (B, V)
-            self.step_log_probs = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-            return scores
-        # stopping-criterion call: input_ids now ends with the token just sampled, (B, L + t)
-        sampled = input_ids[:, -1:]
-        self.sampled_log_probs.append(self.step_log_probs.gather(-1, sampled).squeeze(-1))
-        self.step_log_probs = None
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-
 class HFRolloutServer:
     """Token-in/token-out generation server on a ``transformers`` model, batching concurrent requests.
 
@@ -118,6 +100,7 @@ class HFRolloutServer:
         rollout_mode: RolloutMode,
         replica_rank: int,
         batch_wait_s: float = DEFAULT_BATCH_WAIT_S,
+        max_batch_delay_s: float = DEFAULT_MAX_BATCH_DELAY_S,
     ):
         self.config: RolloutConfig = omega_conf_to_dataclass(config, dataclass_type=RolloutConfig)
         if isinstance(model_config, HFModelConfig):
@@ -127,6 +110,7 @@ class HFRolloutServer:
         self.rollout_mode = rollout_mode
         self.replica_rank = replica_rank
         self.batch_wait_s = batch_wait_s
+        self.max_batch_delay_s = max_batch_delay_s
         self.global_steps: int | None = None
 
         num_threads = os.environ.get("POISE_HF_ROLLOUT_NUM_THREADS")
@@ -230,10 +214,20 @@ class HFRolloutServer:
             extra_fields={"global_steps": self.global_steps},
         )
 
+    async def _collect(self) -> None:
+        """Return once no request has arrived for ``batch_wait_s``, the batch is full, or it waited too long."""
+        first = time.monotonic()
+        while True:
+            count = len(self._pending)
+            await asyncio.sleep(self.batch_wait_s)
+            full = len(self._pending) >= max(1, self.config.max_num_seqs)
+            if full or len(self._pending) == count or time.monotonic() - first >= self.max_batch_delay_s:
+                return
+
     async def _batch_loop(self) -> None:
         while True:
             await self._has_pending.wait()
-            await asyncio.sleep(self.batch_wait_s)
+            await self._collect()
             pending, self._pending = self._pending, []
             self._has_pending.clear()
             groups: dict[SamplingSettings, list[_Request]] = {}
@@ -260,61 +254,28 @@ class HFRolloutServer:
                         if not request.future.done():
                             request.future.set_result(result)
 
-    @torch.no_grad()
     def generate_batch(
         self, prompts: list[list[int]], max_tokens: list[int], settings: SamplingSettings
     ) -> list[tuple[list[int], list[float]]]:
         """One left-padded ``generate`` for all ``prompts``; returns (token ids, log-probs) per prompt.
 
-        Each response is cut at its first stop token (inclusive) and at its own ``max_tokens``; sampling a
-        token never depends on later ones, so generating to the longest budget and truncating is exact.
+        Each response is cut at its first stop token (inclusive) and at its own ``max_tokens``.
         """
-        batch_size, prompt_len = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((batch_size, prompt_len), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((batch_size, prompt_len), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, prompt_len - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            attention_mask[row, prompt_len - len(prompt) :] = 1
-
         stop_ids = set(settings.stop_token_ids)
         if not self.config.ignore_eos:
             stop_ids.update(self.eos_token_ids)
-        recorder = _TokenLogProbRecorder(settings.temperature)
-        sampling = (
-            {"do_sample": False}
-            if settings.greedy
-            else {
-                "do_sample": True,
-                "temperature": settings.temperature,
-                "top_p": settings.top_p,
-                "top_k": settings.top_k,
-            }
+        responses = generate_padded(
+            self.model,
+            prompts,
+            max_tokens,
+            sorted(stop_ids),
+            self.pad_token_id,
+            temperature=max(settings.temperature, 0.0),
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            log_probs=True,
         )
-        sequences = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max(max_tokens),
-            min_new_tokens=0,
-            eos_token_id=sorted(stop_ids) or None,
-            pad_token_id=self.pad_token_id,
-            use_cache=True,
-            logits_processor=[recorder],
-            stopping_criteria=[recorder],
-            repetition_penalty=1.0,
-            **sampling,
-        )
-        responses = sequences[:, prompt_len:].tolist()
-        log_probs = torch.stack(recorder.sampled_log_probs, dim=1).tolist()
-
-        results = []
-        for row in range(batch_size):
-            length = min(max_tokens[row], len(responses[row]))
-            for position in range(length):
-                if responses[row][position] in stop_ids:
-                    length = position + 1
-                    break
-            results.append((responses[row][:length], log_probs[row][:length]))
-        return results
+        return [(response.token_ids, response.log_probs) for response in responses]
 
     # ------------------------------------------------------------------
     # Weight sync (called by HFServerAdapter in the actor worker)
