@@ -97,17 +97,62 @@ class ProbeSettings:
         return settings
 
 
-def build_value_probe(settings: ProbeSettings):
-    """A fresh, unfitted probe of ``poise.probe`` (``poise_verl.core.probe.build_probe``)."""
+def build_value_probe(settings: ProbeSettings, prompt_only: bool = False):
+    """A fresh, unfitted probe of ``poise.probe`` (``poise_verl.core.probe.build_probe``).
+
+    ``prompt_only``: the probe's prompt part (no response components; fitted with empty response and scalar
+    blocks), the prompt-only value estimate that ``poise.selection.mode=probe`` scores candidates with.
+    """
     from poise_verl.core.probe import build_probe
 
     return build_probe(
         settings.name,
         prompt_components=settings.prompt_pca_dim,
-        response_components=settings.response_pca_dim,
+        response_components=0 if prompt_only else settings.response_pca_dim,
         seed=settings.seed,
         **dataclasses.asdict(getattr(settings, settings.name)),
     )
+
+
+@dataclass(frozen=True)
+class HistorySettings:
+    """``poise.selection.history``."""
+
+    base_skip: float
+    max_skip: float
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    """``poise.selection``: which prompts a step generates for (``poise_verl.core.selection``)."""
+
+    MODES = ("none", "probe", "history")
+
+    mode: str
+    candidates_per_prompt: int
+    exploration_share: float
+    history: HistorySettings
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> SelectionSettings:
+        raw = dict(raw)
+        raw["history"] = _typed(HistorySettings, raw.get("history", {}), "poise.selection.history")
+        settings = _typed(cls, raw, "poise.selection")
+        if settings.mode not in cls.MODES:
+            raise ValueError(f"poise.selection.mode={settings.mode!r}: choose one of {list(cls.MODES)}")
+        if settings.mode != "none" and settings.candidates_per_prompt < 2:
+            raise ValueError(
+                f"poise.selection.mode={settings.mode} needs poise.selection.candidates_per_prompt >= 2 (candidates "
+                f"drawn per kept prompt), got {settings.candidates_per_prompt}"
+            )
+        if not 0.0 <= settings.exploration_share <= 1.0:
+            raise ValueError(f"poise.selection.exploration_share must be in [0, 1], got {settings.exploration_share}")
+        if not 0.0 <= settings.history.base_skip <= settings.history.max_skip < 1.0:
+            raise ValueError(
+                "poise.selection.history needs 0 <= base_skip <= max_skip < 1 (a skip probability of 1 would make "
+                f"a prompt unreachable), got {settings.history}"
+            )
+        return settings
 
 
 @dataclass(frozen=True)
@@ -131,6 +176,7 @@ class PoiseSettings:
     min_fit_rows: int
     probe: ProbeSettings
     buffer: BufferSettings
+    selection: SelectionSettings
 
     @classmethod
     def from_config(cls, section: DictConfig | dict) -> PoiseSettings:
@@ -139,6 +185,7 @@ class PoiseSettings:
         )
         raw["probe"] = ProbeSettings.from_dict(raw.get("probe", {}))
         raw["buffer"] = _typed(BufferSettings, raw.get("buffer", {}), "poise.buffer")
+        raw["selection"] = SelectionSettings.from_dict(raw.get("selection", {}))
         raw["entropy_features"] = tuple(raw.get("entropy_features", ()))
         settings = _typed(cls, raw, "poise")
         settings.check()

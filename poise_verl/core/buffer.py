@@ -32,7 +32,9 @@ __all__ = ["FALLBACK_DOMAIN", "ProbeDataset", "ProbeReplayBuffer", "storage_doma
 FALLBACK_DOMAIN = "other"
 
 
-def storage_domain(domain: str, known_domains: Mapping[str, Any] | Sequence[str], fallback: str = FALLBACK_DOMAIN) -> str:
+def storage_domain(
+    domain: str, known_domains: Mapping[str, Any] | Sequence[str], fallback: str = FALLBACK_DOMAIN
+) -> str:
     """The domain a row of ``domain`` is stored (and probed) under: itself when known, else ``fallback``."""
     return str(domain) if str(domain) in known_domains else fallback
 
@@ -57,6 +59,32 @@ class ProbeDataset:
     @property
     def num_rows(self) -> int:
         return int(self.targets.shape[0])
+
+    def prompt_rows(self) -> ProbeDataset:
+        """One row per prompt group: its pooled prompt state and mean target, for the prompt-only probe.
+
+        The mean over a group of its rows' sibling targets (leave-one-out means) is the group's mean reward.
+        Response and scalar blocks have width 0.
+        """
+        first: dict[str, int] = {}
+        for row, uid in enumerate(self.uids):
+            first.setdefault(uid, row)
+        number = {uid: group for group, uid in enumerate(first)}
+        inverse = torch.tensor([number[uid] for uid in self.uids], dtype=torch.long)
+        groups = len(first)
+        sums = torch.zeros(groups, dtype=self.targets.dtype).index_add_(0, inverse, self.targets)
+        counts = torch.zeros(groups, dtype=self.targets.dtype).index_add_(
+            0, inverse, torch.ones_like(self.targets)
+        )
+        rows = torch.tensor(list(first.values()), dtype=torch.long)
+        return ProbeDataset(
+            prompt_feats=self.prompt_feats[rows],
+            response_feats=self.response_feats[rows][:, :0],
+            scalar_feats=self.scalar_feats[rows][:, :0],
+            targets=sums / counts.clamp(min=1),
+            domains=[self.domains[i] for i in rows.tolist()],
+            uids=list(first),
+        )
 
     def select_domain(self, domain: str) -> ProbeDataset:
         """The rows stored under ``domain``."""

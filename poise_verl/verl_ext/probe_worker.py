@@ -50,10 +50,23 @@ class ReplayBufferActor:
 class ProbeWorker:
     """Holds the probes g_d(phi); predicts, and refits from scratch on the replay buffer's rows."""
 
-    def __init__(self, settings: ProbeSettings, domains: list[str], min_fit_rows: int):
+    def __init__(
+        self,
+        settings: ProbeSettings,
+        domains: list[str],
+        min_fit_rows: int,
+        prompt_min_fit_rows: int | None = None,
+    ):
+        """``prompt_min_fit_rows``: also keep the prompt-only probes (``poise.selection.mode=probe``), each
+        fitted once its domain holds that many prompt groups; None: no prompt probes."""
         # The refit overlaps the actor update; a few threads, never more than the node has.
         torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1))))
         self.probes = DomainProbes(domains, lambda: build_value_probe(settings), min_fit_rows)
+        self.prompt_probes = None
+        if prompt_min_fit_rows is not None:
+            self.prompt_probes = DomainProbes(
+                domains, lambda: build_value_probe(settings, prompt_only=True), prompt_min_fit_rows
+            )
 
     def fitted_domains(self) -> list[str]:
         return self.probes.fitted_domains()
@@ -62,14 +75,28 @@ class ProbeWorker:
         """``(predictions (B,), fitted (B,) bool)``: g_d(phi_i) with each row's domain probe."""
         return self.probes.predict(prompt, response, scalar, domains)
 
+    def prompt_fitted_domains(self) -> list[str]:
+        return self.prompt_probes.fitted_domains() if self.prompt_probes is not None else []
+
+    def predict_prompts(self, prompt, domains) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(predicted pass rates (B,), fitted (B,) bool)`` of candidate prompts from their pooled states alone."""
+        empty = prompt.new_zeros(prompt.shape[0], 0)
+        return self.prompt_probes.predict(prompt, empty, empty, domains)
+
     def refit(self, buffer: ReplayBufferActor, rows_held: dict[str, int] | None = None) -> dict[str, float]:
         """Refit every domain's probe with enough rows (after this step's advantages are fixed).
 
         ``rows_held`` is the result of the push that must land first; the trainer passes its object ref, so
         Ray starts this call only once the push has finished.
         """
-        per_domain = self.probes.refit(ray.get(buffer.dataset.remote()))
+        dataset = ray.get(buffer.dataset.remote())
+        per_domain = self.probes.refit(dataset)
         metrics: dict[str, float] = {}
+        if self.prompt_probes is not None:
+            for domain, values in self.prompt_probes.refit(dataset.prompt_rows()).items():
+                metrics[f"poise/selection/prompt_probe_refit/{domain}"] = values["refit"]
+                if "train_mae" in values:
+                    metrics[f"poise/selection/prompt_probe_train_mae/{domain}"] = values["train_mae"]
         for domain, values in per_domain.items():
             metrics[f"poise/buffer_rows/{domain}"] = values["rows"]
             metrics[f"poise/probe_refit/{domain}"] = values["refit"]
@@ -82,7 +109,14 @@ class ProbeWorker:
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return self.probes.state_dict()
+        state = self.probes.state_dict()
+        if self.prompt_probes is not None:
+            state["prompt_probes"] = self.prompt_probes.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        prompt_state = state.pop("prompt_probes", None)
         self.probes.load_state_dict(state)
+        if self.prompt_probes is not None and prompt_state is not None:
+            self.prompt_probes.load_state_dict(prompt_state)

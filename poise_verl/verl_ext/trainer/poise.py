@@ -47,6 +47,7 @@ from poise_verl.verl_ext.capture_engine import (
 from poise_verl.verl_ext.probe_worker import ProbeWorker, ReplayBufferActor
 from poise_verl.verl_ext.step_predictions import StepPredictions, step_predictions
 from poise_verl.verl_ext.trainer.checked_sync import CheckedSyncTrainer, to_list
+from poise_verl.verl_ext.trainer.selection import PromptSelection
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +77,23 @@ class StepRollouts:
 
 
 @register_trainer(TrainerMode.POISE)
-class PoiseTrainer(CheckedSyncTrainer):
-    """verl's sync trainer with POISE's feature capture, probe baselines and probe state in checkpoints."""
+class PoiseTrainer(PromptSelection, CheckedSyncTrainer):
+    """verl's sync trainer with POISE's feature capture, probe baselines, optional prompt selection
+    (``PromptSelection``) and POISE's state in checkpoints."""
 
     def __init__(self, config):
         super().__init__(config)
         self.poise = PoiseSettings.from_config(config.poise)
         domains = list(self.poise.buffer.capacity)
         self.replay_buffer_actor = ReplayBufferActor.remote(dict(self.poise.buffer.capacity))
-        self.probe_worker = ProbeWorker.remote(self.poise.probe, domains, self.poise.min_fit_rows)
+        n = int(config.actor_rollout_ref.rollout.n)
+        prompt_min_fit_rows = (
+            max(2, self.poise.min_fit_rows // n) if self.poise.selection.mode == "probe" else None
+        )
+        self.probe_worker = ProbeWorker.remote(
+            self.poise.probe, domains, self.poise.min_fit_rows, prompt_min_fit_rows
+        )
+        self._init_selection()
         self._pending_refit = None  # (rows-held ref, refit-metrics ref) of the refit issued this step
         self._rloo_domains: set[str] = set()  # domains on RLOO after the bootstrap, announced in the log
         self.end_of_thinking_token_id: int | None = None
@@ -141,6 +150,12 @@ class PoiseTrainer(CheckedSyncTrainer):
         with step_predictions(step):
             batch = super()._compute_advantage(batch, metrics)
         metrics.update(self._poise_metrics(rollouts, predictions, fitted, from_probe))
+        real = rollouts.valid
+        metrics.update(
+            self._selection_outcome_metrics(
+                rollouts.uids[real.numpy()], rollouts.rewards[real], rollouts.prompt[real]
+            )
+        )
         # The advantages are fixed and written; only now may the probes learn from this batch's rewards.
         self._issue_refit(rollouts)
         return batch
@@ -266,6 +281,7 @@ class PoiseTrainer(CheckedSyncTrainer):
             "probe": ray.get(self.probe_worker.state_dict.remote()),
             "buffer": ray.get(self.replay_buffer_actor.state_dict.remote()),
             "settings": asdict(self.poise),
+            "selection": self._selection_state(),
         }
         tmp = os.path.join(folder, POISE_STATE_FILE + ".tmp")
         torch.save(state, tmp)
@@ -286,6 +302,7 @@ class PoiseTrainer(CheckedSyncTrainer):
         state = torch.load(path, weights_only=False)
         ray.get(self.probe_worker.load_state_dict.remote(state["probe"]))
         ray.get(self.replay_buffer_actor.load_state_dict.remote(state["buffer"]))
+        self._load_selection_state(state.get("selection"))
         logger.warning(
             "Restored POISE state from %s (%s buffer rows)",
             path,
