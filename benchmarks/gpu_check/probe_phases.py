@@ -21,12 +21,12 @@ from poise_verl.core.probe import PCARidgeProbe
 
 @contextlib.contextmanager
 def count_decomposition_time(store: list[float]):
-    """Time every ``torch.linalg.svd`` / ``eigh`` call inside the block (the probe's PCA), then restore them.
+    """Time every ``torch.linalg`` svd / eigh / qr call inside the block (the probe's PCA), then restore them.
 
     The probe looks these up on ``torch.linalg`` at call time, so wrapping the attributes splits a fit's
     time into the PCA decomposition and the rest without touching core.
     """
-    originals = {name: getattr(torch.linalg, name) for name in ("svd", "eigh")}
+    originals = {name: getattr(torch.linalg, name) for name in ("svd", "eigh", "qr")}
 
     def wrap(original):
         def wrapped(*args, **kwargs):
@@ -95,7 +95,7 @@ def phase_probe(record: dict, settings: Settings, report, data) -> None:
             record[f"fit_{label}_decomposition_share"] = sum(svd_times) / sum(times)
             report.log(
                 f"  fit ({label}): median {np.median(times):.3f}s over {len(times)}, "
-                f"PCA decomposition (svd/eigh) {100 * sum(svd_times) / sum(times):.0f}% of it"
+                f"PCA decomposition (svd/eigh/qr) {100 * sum(svd_times) / sum(times):.0f}% of it"
             )
             predict_times = timed(
                 lambda: probe.predict(prompt[:batch], response[:batch], scalars[:batch]),
@@ -113,23 +113,20 @@ def phase_probe(record: dict, settings: Settings, report, data) -> None:
     )
     record["probe_on_gpu"] = "not supported: probe.py moves its inputs to CPU float64 (_as_matrix), by design"
 
-    # The PCA of one 4096 x H block, two ways, single-threaded like the worker: the exact top-64 axes from
-    # the Gram matrix (what core does when rows >= features) and a randomized SVD, for core to weigh.
+    # The PCA of one raw (centred, unscaled) 4096 x H block, two ways, single-threaded like the worker: the exact
+    # top-64 axes from the Gram matrix (what core does for small blocks) and torch's randomized SVD.
     if report.elapsed() > settings.optional_deadline_s:
         record["alt_pca"] = "skipped: the run is past optional_deadline_s"
     else:
         torch.set_num_threads(1)
         try:
-            standardised = response.double()
-            standardised = (standardised - standardised.mean(0)) / standardised.std(0, correction=0).clamp(
-                min=1e-6
-            )
+            centred = response.double() - response.double().mean(0)
             start = time.perf_counter()
-            _, eigenvectors = torch.linalg.eigh(standardised.T @ standardised)
+            _, eigenvectors = torch.linalg.eigh(centred.T @ centred)
             record["alt_gram_eigh_1_thread_s"] = time.perf_counter() - start
             exact = eigenvectors[:, -64:]  # (H, 64)
             start = time.perf_counter()
-            _, _, approximate = torch.svd_lowrank(standardised, q=64 + 16, niter=4)
+            _, _, approximate = torch.svd_lowrank(centred, q=64 + 16, niter=4)
             record["alt_lowrank_svd_1_thread_s"] = time.perf_counter() - start
             # 1.0 when the randomized top-64 subspace equals the exact one.
             record["alt_lowrank_subspace_overlap"] = float((exact.T @ approximate[:, :64]).pow(2).sum() / 64)

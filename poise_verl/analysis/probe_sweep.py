@@ -1,6 +1,6 @@
 """The probe side of the value-estimator study: which layers, the probe fitted on each, and its cost.
 
-At every swept layer the official probe (standardise, PCA, ridge) is fitted on the training prompts' rollouts,
+At every swept layer the official probe (PCA of the raw pooled states, one standardisation, ridge) is fitted on the training prompts' rollouts,
 grouped in pairs as POISE trains (n = 2: each row's target is its sibling's reward), and predicts the held-out
 rollouts; a held-out prompt's value estimate is the mean prediction over its m rollouts, and over one pair.
 """
@@ -15,7 +15,8 @@ import torch
 from poise_verl.analysis.features import RolloutFeatures
 from poise_verl.core.cross_rollout import sibling_targets
 from poise_verl.core.diagnostics import baseline_diagnostics
-from poise_verl.core.probe import RANDOMIZED_PCA_ABOVE, build_probe
+from poise_verl.core.probe import build_probe
+from poise_verl.core.probe_features import RANDOMIZED_PCA_ABOVE
 
 # POISE reads decoder layer 19 of Qwen3-4B's 36; the default probe layer keeps that relative depth.
 OFFICIAL_LAYER_FRACTION = 19 / 36
@@ -43,16 +44,17 @@ def choose_layers(spec: str, probe_layer: int | None, count: int) -> tuple[list[
 
 
 def probe_fit_flops(rows: int, widths: tuple[int, int, int], components: tuple[int, int]) -> float:
-    """Approximate floating-point operations of one ``PCARidgeProbe.fit`` (order of magnitude).
+    """Approximate floating-point operations of one ridge probe fit (order of magnitude), in the official
+    order of ``core.probe_features``.
 
-    Per hidden-state block of ``F`` features keeping ``c`` components: standardising (~4NF), the PCA the
-    core runs (Gram matrix 2NF^2 + symmetric eigendecomposition ~9F^3; thin SVD ~4FN^2 + 8N^3 when N < F;
-    randomised subspace iteration ~2(2q+2)NF(c+10) for large blocks), projection 2NFc; then ridge on D
-    inputs: 2ND^2 + D^3/3. Golub & Van Loan's operation counts.
+    Per hidden-state block of ``F`` features keeping ``c`` components: centring (~2NF), the PCA the core runs
+    (Gram matrix 2NF^2 + symmetric eigendecomposition ~9F^3; thin SVD ~4FN^2 + 8N^3 when N < F; randomised
+    subspace iteration ~2(2q+2)NF(c+10) for large blocks), projection 2NFc; then one standardisation of the
+    ``D`` joined columns (~4ND) and ridge on them: 2ND^2 + D^3/3. Golub & Van Loan's operation counts.
     """
     total = 0.0
     for features, requested in zip(widths[:2], components, strict=True):
-        total += 4.0 * rows * features
+        total += 2.0 * rows * features
         count = min(requested, max(rows - 1, 0), features)
         if count == 0:
             continue
@@ -67,7 +69,7 @@ def probe_fit_flops(rows: int, widths: tuple[int, int, int], components: tuple[i
         total += 2.0 * rows * features * count
     inputs = min(components[0], widths[0], max(rows - 1, 0)) + min(components[1], widths[1], max(rows - 1, 0))
     inputs += widths[2]
-    total += 4.0 * rows * widths[2] + 2.0 * rows * inputs**2 + inputs**3 / 3.0
+    total += 4.0 * rows * inputs + 2.0 * rows * inputs**2 + inputs**3 / 3.0
     return total
 
 

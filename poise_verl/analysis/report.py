@@ -86,7 +86,8 @@ def markdown(results: dict) -> str:
         ),
         (
             f"- Probe: features are free in training (they come from the actor's old-log-prob forward); its cost is "
-            f"the fit (standardise, PCA {probe['prompt_components']}/{probe['response_components']}, ridge alpha "
+            f"the fit (PCA {probe['prompt_components']}/{probe['response_components']} of the raw pooled states, one "
+            f"standardisation, ridge alpha "
             f"{probe['alpha']:g}) on {data['train_prompts'] * m} rollouts. Feature extraction here took "
             f"{_seconds(timing['feature_extraction_seconds'])} s for {data['rollouts']} rollouts and "
             f"{len(results['layer_sweep'])} layer(s) in one forward."

@@ -11,7 +11,8 @@ The paper's experiment (POISE, value-estimator comparison), on your model and da
 3. POISE probe: features phi from the policy's own forward over each rollout (``analysis.features``: pooled
    decoder-layer states and entropy statistics, every layer hooked in one forward), the m rollouts of a
    prompt grouped into pairs (n = 2, as POISE trains), each row's target its sibling's reward
-   (``core.cross_rollout.sibling_targets``), the official probe (standardise, PCA 32/64, ridge alpha 100).
+   (``core.cross_rollout.sibling_targets``), the official probe (PCA 32/64 of the raw pooled states, one
+   standardisation, ridge alpha 100).
    A held-out prompt's value estimate is the mean of the probe's predictions over its m rollouts (and,
    as POISE sees it during training, over one pair).
 4. Critic: a copy of the policy with a scalar head at the last prompt token, trained with MSE on the
