@@ -38,7 +38,7 @@ def _rollouts(tokenizer):
 
 
 def _reference(model, prompt, response, layers, think_id, temperature):
-    """One rollout alone: capture every layer's output with a plain hook, pool with core.pool_padded."""
+    """One rollout alone: capture every layer's output with a plain hook, pool in the padded layout."""
     outputs = {}
     stack = decoder_layers(model)
     handles = [
@@ -54,7 +54,7 @@ def _reference(model, prompt, response, layers, think_id, temperature):
     finally:
         for handle in handles:
             handle.remove()
-    # A padded response block is never 0 wide (core.response_cut_at_last_token needs T >= 1): an empty
+    # A padded response block is never 0 wide (response_cut_at_last_token needs T >= 1): an empty
     # response is one masked-out slot.
     response_ids = torch.tensor([response or [0]], dtype=torch.long)
     response_mask = torch.tensor([[1] * len(response) or [0]])
