@@ -133,6 +133,9 @@ def prepare(config: DictConfig) -> DictConfig:
 
 def run(config: DictConfig) -> None:
     config = prepare(config)
+    from poise_verl.preflight import preflight
+
+    preflight(config)  # data, model, tokenizer, checkpoint and reward files: every problem, before Ray starts
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
@@ -142,4 +145,7 @@ def run(config: DictConfig) -> None:
     validate_config(
         config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
     )
-    run_ppo(config, task_runner_class=TaskRunnerV1)
+    from poise_verl.verl_ext.reward_guard import stop_cleanly
+
+    with stop_cleanly(config):  # a failing reward function or Ctrl-C ends the run: Ray first, the message last
+        run_ppo(config, task_runner_class=TaskRunnerV1)

@@ -3,6 +3,7 @@ Ray cluster on loopback, verl's trainer and worker groups, the project's own tin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -75,3 +76,98 @@ def assert_finite(metrics: dict[str, float], keys: list[str]) -> None:
     assert not missing, f"missing metric keys {missing}; have {sorted(metrics)}"
     bad = {k: metrics[k] for k in keys if not math.isfinite(float(metrics[k]))}
     assert not bad, f"non-finite metrics {bad}"
+
+
+# SMALL without the micro-batch sizes: the defaults follow budget.rollouts_per_step (hydra_configs).
+SMALL_DEFAULT_MICRO_BATCHES = [arg for arg in SMALL if "micro_batch_size" not in arg]
+LAUNCH_MARKER = "POISE_VERL_TEST_LAUNCH"
+
+
+@dataclass
+class Launch:
+    """A running `python -m poise_verl.main` in its own process group, its output going to a file.
+
+    Every process of the launch (the driver, its Ray cluster, every Ray worker) inherits the environment
+    variable LAUNCH_MARKER=<id>, which is how `processes()` finds them, including workers started late.
+    """
+
+    process: subprocess.Popen
+    log_path: Path
+    checkpoint_dir: Path
+    marker: str
+    ray_dir: str
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float) -> bool:
+        """True once PATTERN (a regex) is in the output; False if the launch ended or TIMEOUT passed first."""
+        import re
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.log()):
+                return True
+            if self.process.poll() is not None:
+                return bool(re.search(pattern, self.log()))
+            time.sleep(0.5)
+        return False
+
+    def processes(self) -> list:
+        """The live processes of this launch (psutil.Process), found by the marker in their environment."""
+        import psutil
+
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get(LAUNCH_MARKER) == self.marker and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
+
+    def finish(self, timeout: float) -> Run:
+        """Wait for the driver to exit (SIGKILL to its group past TIMEOUT), then kill what is left of it."""
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()
+        self.kill_all()
+        log = self.log()
+        return Run(self.process.returncode, log, self.checkpoint_dir)
+
+    def kill_all(self) -> None:
+        """SIGKILL every remaining process of this launch and remove its Ray temp folder."""
+        import psutil
+
+        for proc in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):  # it ended by itself meanwhile
+                proc.kill()
+        shutil.rmtree(self.ray_dir, ignore_errors=True)
+
+
+def start_main(args: list[str], workdir: Path, small: list[str] = SMALL) -> Launch:
+    """Start `python -m poise_verl.main ARGS` in WORKDIR without waiting (checkpoints under WORKDIR/ckpt)."""
+    import uuid
+
+    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    checkpoint_dir = workdir / "ckpt"
+    command = [
+        sys.executable, "-m", "poise_verl.main", *small, *args,
+        f"trainer.default_local_dir={checkpoint_dir}", f"+ray_kwargs.ray_init._temp_dir={ray_dir}",
+    ]
+    marker = uuid.uuid4().hex
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", **{LAUNCH_MARKER: marker})
+    log_path = workdir / f"log-{len(list(workdir.glob('log-*')))}.txt"
+    with open(log_path, "w") as out:
+        process = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Launch(process, log_path, checkpoint_dir, marker, ray_dir)
+
+
+def last_lines(log: str, count: int = 8) -> str:
+    """The last COUNT non-empty lines of an output: what a user reads when a run stops."""
+    return "\n".join([line for line in log.splitlines() if line.strip()][-count:])

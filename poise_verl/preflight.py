@@ -1,0 +1,408 @@
+"""Checks before Ray starts: everything the driver can verify from the config, the model's ``config.json``,
+its tokenizer and the file system.
+
+Without these a wrong path or a bad data row costs 40-100 s of cluster start-up and ends in a message from
+deep inside a worker (a ``KeyError: 'ground_truth'`` among thousands of log lines, or verl's "no
+materializable trajectories"). Here every problem found is listed at once, each naming the key, the file,
+the first bad row and what to change, and the launch stops before any worker exists.
+
+Reading data stays cheap: parquet files are read column by column (only the columns verl and POISE read),
+in record batches, never into pandas.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+# Columns verl's RLHFDataset and reward managers read from every row (besides the prompt column).
+DATA_SOURCE = "data_source"
+REWARD_MODEL = "reward_model"
+GROUND_TRUTH = "ground_truth"
+DATA_SUFFIXES = (".parquet", ".json", ".jsonl")
+TRACKER_FILE = "latest_checkpointed_iteration.txt"  # verl's checkpoint tracker, written last
+RESUME_MODES = ("auto", "disable", "resume_path")
+SCAN_BATCH_ROWS = 65536
+
+
+class PreflightError(SystemExit):
+    """The launch stops before Ray starts; ``str(error)`` is the whole message (one problem per line)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        lines = [f"poise-verl: stopped before starting Ray, {len(problems)} problem(s) to fix:"]
+        lines += [f"  {i}. {problem}" for i, problem in enumerate(problems, 1)]
+        super().__init__("\n".join(lines))
+
+    def __str__(self) -> str:
+        return str(self.code)
+
+
+def preflight(config: DictConfig) -> None:
+    """Raise :class:`PreflightError` listing every problem found; return quietly when there is none."""
+    is_poise = _is_poise(config)
+    problems: list[str] = []
+    problems += check_data(config, is_poise)
+    problems += check_model(config, is_poise)
+    problems += check_resume(config, is_poise)
+    problems += check_reward_function(config)
+    if problems:
+        raise PreflightError(problems)
+
+
+def _is_poise(config: DictConfig) -> bool:
+    from poise_verl.config import TrainerMode
+
+    return config.trainer.v1.trainer_mode == TrainerMode.POISE
+
+
+def _paths(value) -> list[str]:
+    if value is None:
+        return []
+    return (
+        [str(v) for v in value]
+        if OmegaConf.is_list(value) or isinstance(value, list | tuple)
+        else [str(value)]
+    )
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def check_data(config: DictConfig, is_poise: bool) -> list[str]:
+    """Training and validation files: they exist, verl can read them, every row has what verl reads."""
+    data = config.data
+    prompt_key = str(data.get("prompt_key", "prompt"))
+    domain_key = str(config.poise.buffer.domain_key) if is_poise else None
+    problems: list[str] = []
+    train_rows = 0
+    for key in ("train_files", "val_files"):
+        paths = _paths(data.get(key))
+        if not paths:
+            problems.append(f"data.{key} is empty: point it at one or more .parquet files")
+        for path in paths:
+            found, rows = check_data_file(
+                path,
+                f"data.{key}",
+                prompt_key=prompt_key,
+                domain_key=domain_key if key == "train_files" else None,
+            )
+            problems += found
+            if key == "train_files":
+                train_rows += rows
+    batch = int(data.train_batch_size)
+    max_samples = int(data.get("train_max_samples", -1) or -1)
+    usable = min(train_rows, max_samples) if max_samples > 0 else train_rows
+    if not problems and 0 < usable < batch:
+        problems.append(
+            f"data.train_files hold {usable} usable row(s), fewer than one step's data.train_batch_size={batch} "
+            "prompts: add rows, or lower budget.rollouts_per_step"
+        )
+    return problems
+
+
+def check_data_file(path: str, key: str, *, prompt_key: str, domain_key: str | None) -> tuple[list[str], int]:
+    """Problems of one data file (empty when fine) and its row count. Remote paths are left to verl."""
+    if _is_remote(path):
+        return [], 0
+    local = os.path.expanduser(path.removeprefix("file://"))
+    if not os.path.isfile(local):
+        hint = " (a folder: name the .parquet file itself)" if os.path.isdir(local) else ""
+        return [f"{key}: {path} does not exist{hint}. Set {key} to an existing file"], 0
+    if not local.endswith(DATA_SUFFIXES):
+        return [f"{key}: {path} is not a .parquet, .json or .jsonl file (verl reads only these)"], 0
+    try:
+        schema, batches = _open_table(local, [prompt_key, DATA_SOURCE, REWARD_MODEL, domain_key])
+    except Exception as error:  # noqa: BLE001 - any reader error is the user's file, reported as such
+        return [f"{key}: {path} cannot be read ({type(error).__name__}: {error})"], 0
+
+    names = set(schema.names)
+    wanted = [prompt_key, DATA_SOURCE, REWARD_MODEL] + ([domain_key] if domain_key else [])
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        why = {
+            prompt_key: f"the chat messages (data.prompt_key={prompt_key})",
+            DATA_SOURCE: "names the dataset, passed to the reward function",
+            REWARD_MODEL: f"a struct with {GROUND_TRUTH}, the answer the reward function compares against",
+        }
+        if domain_key:
+            why[domain_key] = (
+                f"the row's domain for POISE's replay buffer (poise.buffer.domain_key={domain_key})"
+            )
+        listed = "; ".join(f"{c}: {why[c]}" for c in missing)
+        return [f"{key}: {path} has no column(s) {missing} ({listed}). Its columns are {sorted(names)}"], 0
+
+    problems = _check_types(schema, path, key, prompt_key)
+    if problems:
+        return problems, 0
+    import pyarrow.compute as pc
+
+    rows = 0
+    first_bad: dict[str, int] = {}
+    bad_counts: dict[str, int] = {}
+    for batch in batches:
+        for what, mask in _bad_rows(batch, prompt_key).items():
+            count = int(pc.sum(mask).as_py() or 0)
+            if count:
+                bad_counts[what] = bad_counts.get(what, 0) + count
+                if what not in first_bad:
+                    first_bad[what] = rows + int(pc.index(mask, True).as_py())
+        rows += batch.num_rows
+    if rows == 0:
+        return [f"{key}: {path} has no rows"], 0
+    fixes = {
+        "prompt": f"a non-empty list of {{role, content}} messages in column {prompt_key}",
+        "ground_truth": f"{REWARD_MODEL}.{GROUND_TRUTH} (the answer the reward function compares against)",
+        "data_source": f"a {DATA_SOURCE}",
+    }
+    for what, index in first_bad.items():
+        problems.append(
+            f"{key}: {path} row {index} (0-based; {bad_counts[what]} of {rows} rows) has no {fixes[what]}: "
+            "every row needs one. Fix or drop those rows"
+        )
+    return problems, rows
+
+
+def _open_table(path: str, columns: list[str | None]):
+    """(arrow schema, iterator of record batches with the wanted columns that exist)."""
+    import pyarrow as pa
+
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+        present = [c for c in dict.fromkeys(columns) if c and c in schema.names]
+        return schema, parquet.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=present)
+    import pandas as pd
+
+    frame = pd.read_json(path, lines=path.endswith(".jsonl"))
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    present = [c for c in dict.fromkeys(columns) if c and c in table.schema.names]
+    return table.schema, iter(table.select(present).to_batches(SCAN_BATCH_ROWS))
+
+
+def _check_types(schema, path: str, key: str, prompt_key: str) -> list[str]:
+    import pyarrow as pa
+
+    problems = []
+    prompt = schema.field(prompt_key).type
+    if not (pa.types.is_list(prompt) or pa.types.is_large_list(prompt)) or not (
+        pa.types.is_struct(prompt.value_type)
+        and {"role", "content"}
+        <= {prompt.value_type.field(i).name for i in range(prompt.value_type.num_fields)}
+    ):
+        problems.append(
+            f"{key}: {path} column {prompt_key} is {prompt}, but verl reads chat messages: a list of "
+            "{role, content} structs, e.g. [{'role': 'user', 'content': '...'}]"
+        )
+    reward = schema.field(REWARD_MODEL).type
+    if not pa.types.is_struct(reward) or reward.get_field_index(GROUND_TRUTH) < 0:
+        problems.append(
+            f"{key}: {path} column {REWARD_MODEL} is {reward}, but verl reads {REWARD_MODEL}['{GROUND_TRUTH}']: "
+            f"make it a struct with a {GROUND_TRUTH} field, e.g. {{'style': 'rule', '{GROUND_TRUTH}': '42'}}"
+        )
+    return problems
+
+
+def _bad_rows(batch, prompt_key: str) -> dict:
+    """{what: boolean mask of the rows lacking it} for one record batch."""
+    import pyarrow.compute as pc
+
+    prompt = batch.column(prompt_key)
+    ground_truth = pc.struct_field(batch.column(REWARD_MODEL), GROUND_TRUTH)
+    return {
+        "prompt": pc.fill_null(pc.equal(pc.list_value_length(prompt), 0), True),
+        "ground_truth": pc.is_null(ground_truth),
+        "data_source": pc.is_null(batch.column(DATA_SOURCE)),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- model
+def check_model(config: DictConfig, is_poise: bool) -> list[str]:
+    """The policy's config.json (decoder depth against poise.probe_layer) and its tokenizer."""
+    model = config.actor_rollout_ref.model
+    path = str(model.path)
+    local, problem = _local_dir(path, "actor_rollout_ref.model.path")
+    if problem:
+        return [problem]
+    problems = []
+    if local is not None and is_poise:
+        layers = _decoder_layers(Path(local))
+        layer = int(config.poise.probe_layer)
+        if layers is not None and not 0 <= layer < layers:
+            problems.append(
+                f"poise.probe_layer={layer}, but the model at {path} has {layers} decoder layers "
+                f"(num_hidden_layers in its config.json): choose a layer in 0..{layers - 1} (the paper takes one "
+                f"about halfway, e.g. {layers // 2})"
+            )
+    tokenizer_path = str(model.get("tokenizer_path") or path)
+    tokenizer_dir, problem = _local_dir(tokenizer_path, "actor_rollout_ref.model.tokenizer_path")
+    if problem:
+        return problems + [problem]
+    if tokenizer_dir is not None:
+        problems += _check_tokenizer(config, tokenizer_dir, tokenizer_path, is_poise)
+    return problems
+
+
+def _local_dir(path: str, key: str) -> tuple[str | None, str | None]:
+    """(local folder of a model path or None for a hub id / remote path that verl resolves, problem or None)."""
+    if _is_remote(path):
+        return None, None
+    local = os.path.expanduser(path)
+    if os.path.isdir(local):
+        return local, None
+    if os.path.exists(local):
+        return None, f"{key}={path} is a file: point it at the model's folder (the one holding config.json)"
+    if os.path.isabs(local) or path.startswith((".", "~")):
+        return None, f"{key}={path} does not exist: point it at a model folder or a Hugging Face model id"
+    return None, None  # "org/name": a hub id, downloaded by the workers
+
+
+def _decoder_layers(folder: Path) -> int | None:
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        return None
+    raw = json.loads(config_file.read_text())
+    for section in (raw, raw.get("text_config") or {}, raw.get("llm_config") or {}):
+        if isinstance(section.get("num_hidden_layers"), int):
+            return section["num_hidden_layers"]
+    return None
+
+
+def _check_tokenizer(config: DictConfig, folder: str, shown: str, is_poise: bool) -> list[str]:
+    from transformers import AutoTokenizer
+
+    trust = bool(config.actor_rollout_ref.model.get("trust_remote_code", False))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+    except Exception as error:  # noqa: BLE001 - reported with the path
+        return [f"the tokenizer at {shown} cannot be loaded ({type(error).__name__}: {error})"]
+    problems = []
+    if not getattr(tokenizer, "chat_template", None):
+        problems.append(
+            f"the tokenizer at {shown} has no chat template, and verl formats every prompt with it: use a "
+            "chat/instruct model or add a chat_template to its tokenizer_config.json"
+        )
+    token = config.poise.get("end_of_thinking_token") if is_poise else None
+    if token is not None:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            problems.append(
+                f"poise.end_of_thinking_token={token!r} is not a single token of the tokenizer at {shown}: set it "
+                "to the model's end-of-thinking token, or null to use the whole response as the answer part"
+            )
+    return problems
+
+
+# -------------------------------------------------------------------------------------------------- resume
+def check_resume(config: DictConfig, is_poise: bool) -> list[str]:
+    """The checkpoint a launch would resume from exists and is whole (verl writes its tracker file last)."""
+    trainer = config.trainer
+    mode = str(trainer.resume_mode)
+    if mode not in RESUME_MODES:
+        return [f"trainer.resume_mode={mode!r}: choose one of {list(RESUME_MODES)}"]
+    if mode == "disable":
+        return []
+    if mode == "resume_path":
+        path = trainer.get("resume_from_path")
+        if not path:
+            return [
+                "trainer.resume_mode=resume_path needs trainer.resume_from_path=<run folder>/global_step_N"
+            ]
+        return _check_step_folder(Path(os.path.expanduser(str(path))), "trainer.resume_from_path", is_poise)
+    root = Path(str(trainer.default_local_dir))
+    tracker = root / TRACKER_FILE
+    if not tracker.is_file():
+        return []  # nothing saved yet: a fresh start
+    text = tracker.read_text().strip()
+    if not text.isdigit():
+        return [
+            (
+                f"{tracker} reads {text!r}, not a step number: trainer.resume_mode=auto cannot tell which checkpoint to "
+                "resume. Write the step of the last complete global_step_N folder into it, or delete it to start fresh"
+            )
+        ]
+    return _check_step_folder(root / f"global_step_{text}", f"{tracker} (trainer.resume_mode=auto)", is_poise)
+
+
+def _check_step_folder(folder: Path, key: str, is_poise: bool) -> list[str]:
+    if "global_step_" not in folder.name:
+        return [f"{key}={folder} must name a checkpoint folder global_step_N{_available(folder.parent)}"]
+    if not folder.is_dir():
+        return [f"{key}: checkpoint folder {folder} does not exist{_available(folder.parent)}"]
+    if not (folder / "actor").is_dir():
+        return [
+            f"{key}: {folder} holds no actor checkpoint (no actor/ folder): it is not a complete checkpoint"
+        ]
+    if is_poise:
+        from poise_verl.verl_ext.trainer.poise import POISE_STATE_FILE
+
+        if not (folder / POISE_STATE_FILE).is_file():
+            return [
+                (
+                    f"{key}: {folder} has no {POISE_STATE_FILE} (probe and replay buffer): it was not written by the "
+                    "POISE trainer. Resume it with the algorithm that wrote it, or set trainer.default_local_dir to a "
+                    "new folder"
+                )
+            ]
+    return []
+
+
+def _available(parent: Path) -> str:
+    steps = sorted(_step_folders(parent), key=lambda p: int(p.name.rsplit("_", 1)[-1]))
+    if not steps:
+        return f" (no global_step_N folders in {parent})"
+    return f"; {parent} holds {', '.join(p.name for p in steps[-5:])}"
+
+
+def _step_folders(parent: Path) -> Iterator[Path]:
+    if parent.is_dir():
+        for child in parent.iterdir():
+            if child.is_dir() and child.name.startswith("global_step_") and child.name[12:].isdigit():
+                yield child
+
+
+# -------------------------------------------------------------------------------------------------- reward
+def check_reward_function(config: DictConfig) -> list[str]:
+    """``reward.custom_reward_function``: the file exists and defines the named function (read, not run)."""
+    function = config.reward.get("custom_reward_function") or {}
+    path, name = function.get("path"), function.get("name")
+    if not path or str(path).startswith("pkg://"):
+        return []
+    path = os.path.expanduser(str(path).removeprefix("file://"))
+    if not os.path.isfile(path):
+        return [
+            f"reward.custom_reward_function.path={path} does not exist: point it at the .py file of your reward"
+        ]
+    try:
+        tree = ast.parse(Path(path).read_text(), filename=path)
+    except SyntaxError as error:
+        return [f"reward.custom_reward_function.path={path} does not parse: line {error.lineno}: {error.msg}"]
+    defined = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            if any(alias.name == "*" for alias in node.names):
+                return []  # a star import may define it: left to verl
+            defined.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+    if name not in defined:
+        functions = sorted(n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef))
+        return [
+            (
+                f"reward.custom_reward_function.name={name!r} is not defined in {path} (its functions: {functions}): "
+                "set reward.custom_reward_function.name to the function verl should call"
+            )
+        ]
+    return []

@@ -1,0 +1,263 @@
+"""A reward function that raises or hangs stops the run with one message naming the function and the sample.
+
+What verl 0.9.1 does without this: the reward loop worker's exception fails the rollout's prompt group; the
+agent loop logs the traceback (once per rollout, thousands of lines) and the trainer goes on until its replay
+buffer fails with "Sync replay buffer selected terminal groups with no materializable trajectories", or, when
+only one rollout failed, trains on a group that lost a rollout. A reward function that never returns leaves
+its group "running" and the trainer waits forever (it logs "pending: 0, running: 1" once a minute).
+
+Two halves, joined by a named Ray actor that exists only once something failed:
+
+- worker side: ``reward.reward_manager.source=importlib`` with ``module.path=pkg://`` this module makes verl
+  load ``reward.reward_manager.name`` (``naive``, ``dapo``, any registered manager) from here, which returns
+  verl's own manager class with :class:`RewardGuard` mixed in. It bounds each sample's reward by
+  ``reward.timeout`` seconds (the key verl's rate-limited manager reads) and turns an exception or a timeout
+  into a :class:`RewardFunctionError` whose message it also records in the failure log;
+- driver side: :func:`stop_cleanly` wraps the run. A thread polls for the failure log and interrupts the
+  driver's wait on the trainer; Ctrl-C lands there too. Either way Ray is shut down first (its workers stop
+  printing) and then the message is printed, so it is what the last lines of the output say.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import os
+import sys
+import threading
+import traceback
+
+import ray
+
+logger = logging.getLogger(__name__)
+
+FAILURE_LOG_NAME = "poise_verl_run_failures"
+POLL_INTERVAL_S = 1.0
+PREVIEW_CHARS = 80
+
+
+class RewardFunctionError(RuntimeError):
+    """The reward function raised or did not return in time; the message says which, where and on what."""
+
+
+# ----------------------------------------------------------------------------------------------- worker side
+class RewardGuard:
+    """Mixed into a verl reward manager: each sample's ``run_single`` bounded in time, failures described."""
+
+    async def run_single(self, data):
+        timeout = self.config.reward.get("timeout", None)
+        task = asyncio.ensure_future(super().run_single(data))
+        done, _ = await asyncio.wait({task}, timeout=None if timeout is None else float(timeout))
+        if not done:
+            task.cancel()  # a synchronous function keeps its executor thread; the run stops below anyway
+            what = (
+                f"did not return within reward.timeout={timeout} s on one sample (raise reward.timeout if "
+                "it is just slow)"
+            )
+        elif task.exception() is not None:
+            error = task.exception()
+            what = f"raised {type(error).__name__}: {error}{_where(error)}"
+        else:
+            return task.result()
+        message = f"the reward function {describe_function(self.config)} {what}\n  sample: {describe_sample(self, data)}"
+        await _record(message)
+        raise RewardFunctionError(message)
+
+
+def describe_function(config) -> str:
+    """``NAME in FILE`` of the reward function verl calls for this config."""
+    function = config.reward.get("custom_reward_function") or {}
+    if function.get("path"):
+        return f"{function.get('name')} in {function.get('path')}"
+    from verl.utils.reward_score import default_compute_score
+
+    return (
+        f"{default_compute_score.__name__} in {inspect.getsourcefile(default_compute_score)} (verl's default)"
+    )
+
+
+def describe_sample(manager, data) -> str:
+    """Data source, row, prompt, ground truth and response of the sample (verl scores the last sequence)."""
+    item = data[-1:][0]
+    fields = item.non_tensor_batch
+    extra_info = fields.get("extra_info") or {}
+    parts = [f"data_source={_preview(fields.get('data_source'))}"]
+    if "index" in extra_info:
+        split = f" (split {extra_info['split']!r})" if "split" in extra_info else ""
+        parts.append(f"row extra_info.index={extra_info['index']}{split}")
+    else:
+        parts.append("no extra_info.index in its row")
+    messages = [m for m in list(fields.get("raw_prompt", [])) if isinstance(m, dict)]
+    if messages:
+        parts.append(f"prompt={_preview(messages[-1].get('content'))}")
+    reward_model = fields.get("reward_model")
+    if isinstance(reward_model, dict):
+        parts.append(f"ground_truth={_preview(reward_model.get('ground_truth'))}")
+    response = _decoded_response(manager, item)
+    if response is not None:
+        parts.append(f"response={_preview(response)}")
+    return ", ".join(parts)
+
+
+def _decoded_response(manager, item) -> str | None:
+    try:
+        responses = item.batch["responses"]
+        length = int(item.batch["attention_mask"][-responses.shape[-1] :].sum())
+        return manager.tokenizer.decode(responses[:length], skip_special_tokens=True)
+    except Exception:  # noqa: BLE001 - best effort: the error itself is reported anyway
+        return None
+
+
+def _preview(value) -> str:
+    text = repr(str(value) if isinstance(value, str) else value)  # numpy's str_ would print as np.str_('...')
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
+
+
+def _where(error: BaseException) -> str:
+    """`` (at FILE:LINE in FUNCTION)``: the innermost frame of the traceback."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" (at {frame.filename}:{frame.lineno} in {frame.name})"
+
+
+@ray.remote(num_cpus=0)
+class FailureLog:
+    """The first failure of this run (and how many followed), for the driver to print."""
+
+    def __init__(self):
+        self.first: str | None = None
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = message
+
+    def summary(self) -> tuple[str | None, int]:
+        return self.first, self.count
+
+
+_failure_logs: list = []  # keeps the log alive: a named actor dies with its creator's last handle
+
+
+async def _record(message: str) -> None:
+    try:
+        if not _failure_logs:
+            _failure_logs.append(FailureLog.options(name=FAILURE_LOG_NAME, get_if_exists=True).remote())
+        await _failure_logs[0].add.remote(message)
+    except Exception:  # the error is still raised to verl; only the driver's summary is lost
+        logger.exception("could not record the reward failure for the driver")
+
+
+@functools.cache
+def guarded(manager_cls: type) -> type:
+    """verl's reward manager class with :class:`RewardGuard` in front of it."""
+    return type(f"Guarded{manager_cls.__name__}", (RewardGuard, manager_cls), {"__module__": __name__})
+
+
+def __getattr__(name: str):
+    """verl loads ``reward.reward_manager.name`` from this module: the guarded registered manager."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+
+    try:
+        return guarded(get_reward_manager_cls(name))
+    except ValueError as error:
+        raise AttributeError(f"{name!r} is not a registered verl reward manager ({error})") from None
+
+
+# ----------------------------------------------------------------------------------------------- driver side
+def recorded_failure() -> str | None:
+    """The first recorded failure of this run, with a count of the others; None when nothing failed."""
+    if not ray.is_initialized():
+        return None
+    try:
+        log = ray.get_actor(FAILURE_LOG_NAME)
+    except ValueError:
+        return None
+    first, count = ray.get(log.summary.remote(), timeout=30)
+    if first is None:
+        return None
+    more = f"\n  {count - 1} more reward call(s) failed after it." if count > 1 else ""
+    return f"{first}{more}"
+
+
+class _Watcher(threading.Thread):
+    """Interrupts the driver's main thread (waiting on the trainer) as soon as a failure is recorded."""
+
+    def __init__(self):
+        super().__init__(name="poise-failure-watcher", daemon=True)
+        self.stopped = threading.Event()
+        self.failure: str | None = None
+
+    def run(self) -> None:
+        while not self.stopped.wait(POLL_INTERVAL_S):
+            try:
+                self.failure = recorded_failure()
+            except Exception as error:  # noqa: BLE001 - Ray starting or stopping: look again next time
+                logger.debug("failure log not readable yet: %s", error)
+                continue
+            if self.failure is not None:
+                _thread.interrupt_main()
+                return
+
+
+@contextlib.contextmanager
+def stop_cleanly(config):
+    """Around verl's ``run_ppo``: a recorded failure or Ctrl-C ends the run, Ray first, the message last."""
+    watcher = _Watcher()
+    watcher.start()
+    try:
+        yield
+    except BaseException as error:
+        watcher.stopped.set()
+        failure = watcher.failure
+        if failure is None and not isinstance(error, KeyboardInterrupt):
+            with contextlib.suppress(Exception):
+                failure = recorded_failure()  # the trainer may have failed on it before the watcher looked
+        _shutdown_ray()
+        if failure is not None:
+            _print_last(
+                f"poise-verl: the run stopped: {failure}\n  Fix the function or the data and launch again"
+                f"{_resume_hint(config)}."
+            )
+            raise SystemExit(1) from None
+        if isinstance(error, KeyboardInterrupt):
+            _print_last(
+                "poise-verl: interrupted (Ctrl-C); the run and its Ray processes are stopped"
+                f"{_resume_hint(config, interrupted=True)}."
+            )
+            raise SystemExit(130) from None
+        raise
+    finally:
+        watcher.stopped.set()
+
+
+def _shutdown_ray() -> None:
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+
+
+def _print_last(message: str) -> None:
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+
+
+def _resume_hint(config, interrupted: bool = False) -> str:
+    """Where the same command would resume (verl's tracker names the last complete checkpoint)."""
+    from verl.utils.checkpoint.checkpoint_manager import get_checkpoint_tracker_filename
+
+    folder = str(config.trainer.default_local_dir)
+    tracker = get_checkpoint_tracker_filename(folder)
+    if config.trainer.resume_mode != "auto" or not os.path.exists(tracker):
+        return " (no checkpoint of this run to resume from)" if interrupted else ""
+    with open(tracker) as handle:
+        step = handle.read().strip()
+    return f"; the same command resumes from {os.path.join(folder, f'global_step_{step}')}"

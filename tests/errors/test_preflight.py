@@ -1,0 +1,213 @@
+"""Everything the driver can check from the config, the model's files and the data files, it checks before Ray.
+
+Issue 11, items 2 and 3: a data row without ``reward_model.ground_truth``, a missing data file, a probe layer
+past the model's depth and a ``trainer.resume_from_path`` that does not exist each took 40-100 s of cluster
+start-up before failing, the first with verl's unrelated "no materializable trajectories". The first test
+runs the real entry point; the others call the check functions on real files (the tiny model, its tokenizer,
+real parquet and jsonl files, real checkpoint folders).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import compose_config
+from e2e_runner import last_lines, run_main
+
+from poise_verl.preflight import (
+    PreflightError,
+    check_data_file,
+    check_model,
+    check_resume,
+    check_reward_function,
+    preflight,
+)
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _rows(tiny_assets: Path, count: int = 16) -> list[dict]:
+    return pq.read_table(tiny_assets / "data" / "train.parquet").slice(0, count).to_pylist()
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def _without_ground_truth(rows: list[dict], index: int) -> list[dict]:
+    rows = [dict(row) for row in rows]
+    rows[index]["reward_model"] = {"style": "rule"}  # the key is absent, as in a hand-made dataset
+    return rows
+
+
+def test_the_entry_point_lists_every_problem_before_starting_ray(tiny_assets, tmp_path):
+    train = _write(tmp_path / "train.parquet", _without_ground_truth(_rows(tiny_assets), 5))
+    run = run_main(
+        [
+            f"data.train_files={train}",
+            f"data.val_files={tmp_path / 'missing_val.parquet'}",
+            "poise.probe_layer=4",
+            "trainer.resume_mode=resume_path",
+            f"trainer.resume_from_path={tmp_path / 'ckpt' / 'global_step_3'}",
+        ],
+        tmp_path,
+        timeout=300,
+    )
+    assert run.returncode != 0
+    tail = last_lines(run.log, 6)
+    assert "stopped before starting Ray, 4 problem(s) to fix" in tail, tail
+    assert re.search(
+        rf"data.train_files: {re.escape(str(train))} row 5 \(0-based; 1 of 16 rows\) has no "
+        r"reward_model.ground_truth",
+        tail,
+    ), tail
+    assert f"data.val_files: {tmp_path / 'missing_val.parquet'} does not exist" in tail
+    assert "poise.probe_layer=4, but the model at" in tail and "has 4 decoder layers" in tail
+    assert "choose a layer in 0..3" in tail
+    assert f"checkpoint folder {tmp_path / 'ckpt' / 'global_step_3'} does not exist" in tail
+    assert "ray init kwargs" not in run.log and "Started a local Ray instance" not in run.log
+
+
+def test_data_rows_verl_cannot_use_are_named_by_file_and_row(tiny_assets, tmp_path):
+    rows = _rows(tiny_assets)
+    kwargs = {"prompt_key": "prompt", "domain_key": "ability"}
+
+    good = _write(tmp_path / "good.parquet", rows)
+    assert check_data_file(str(good), "data.train_files", **kwargs) == ([], 16)
+
+    missing = _write(tmp_path / "no_answer.parquet", _without_ground_truth(rows, 11))
+    (problem,), _ = check_data_file(str(missing), "data.train_files", **kwargs)
+    assert (
+        f"data.train_files: {missing} row 11 (0-based; 1 of 16 rows) has no reward_model.ground_truth"
+        in problem
+    )
+    assert "Fix or drop those rows" in problem
+
+    empty_prompt = [dict(row) for row in rows]
+    empty_prompt[7]["prompt"] = []
+    (problem,), _ = check_data_file(
+        str(_write(tmp_path / "p.parquet", empty_prompt)), "data.val_files", **kwargs
+    )
+    assert "row 7 (0-based; 1 of 16 rows) has no a non-empty list of {role, content} messages" in problem
+
+    no_field = [{**row, "reward_model": {"style": "rule"}} for row in rows]
+    (problem,), _ = check_data_file(
+        str(_write(tmp_path / "nf.parquet", no_field)), "data.train_files", **kwargs
+    )
+    assert (
+        "column reward_model is struct<style: string>, but verl reads reward_model['ground_truth']" in problem
+    )
+
+    text_prompt = [{**row, "prompt": row["prompt"][0]["content"]} for row in rows]
+    (problem,), _ = check_data_file(
+        str(_write(tmp_path / "t.parquet", text_prompt)), "data.train_files", **kwargs
+    )
+    assert "column prompt is string, but verl reads chat messages" in problem
+
+    no_domain = [{k: v for k, v in row.items() if k != "ability"} for row in rows]
+    (problem,), _ = check_data_file(
+        str(_write(tmp_path / "d.parquet", no_domain)), "data.train_files", **kwargs
+    )
+    assert "has no column(s) ['ability']" in problem and "poise.buffer.domain_key=ability" in problem
+
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("\n".join(json.dumps(row) for row in _without_ground_truth(rows, 2)))
+    (problem,), _ = check_data_file(str(jsonl), "data.train_files", **kwargs)
+    assert f"{jsonl} row 2 (0-based; 1 of 16 rows) has no reward_model.ground_truth" in problem
+
+    (problem,), _ = check_data_file(str(tmp_path), "data.train_files", **kwargs)
+    assert "does not exist (a folder: name the .parquet file itself)" in problem
+    csv = tmp_path / "rows.csv"
+    csv.write_text("a,b\n")
+    (problem,), _ = check_data_file(str(csv), "data.train_files", **kwargs)
+    assert "is not a .parquet, .json or .jsonl file" in problem
+
+
+def test_too_few_rows_for_one_step(tiny_assets, tmp_path):
+    small = _write(tmp_path / "small.parquet", _rows(tiny_assets, 8))
+    config = compose_config(f"data.train_files={small}", f"trainer.default_local_dir={tmp_path}/ckpt")
+    with pytest.raises(PreflightError) as stop:
+        preflight(config)
+    assert "data.train_files hold 8 usable row(s), fewer than one step's data.train_batch_size=64" in str(
+        stop.value
+    )
+
+
+def test_model_checks_read_its_config_and_tokenizer(tiny_assets, tmp_path):
+    assert check_model(compose_config("poise.probe_layer=3"), is_poise=True) == []
+    (problem,) = check_model(compose_config("poise.probe_layer=7"), is_poise=True)
+    assert (
+        problem.startswith("poise.probe_layer=7, but the model at ") and "choose a layer in 0..3" in problem
+    )
+    assert check_model(compose_config("poise.probe_layer=7"), is_poise=False) == []  # DAPO reads no layer
+
+    (problem,) = check_model(compose_config("poise.end_of_thinking_token=zz"), is_poise=True)
+    assert "poise.end_of_thinking_token='zz' is not a single token of the tokenizer" in problem
+
+    (problem,) = check_model(
+        compose_config(f"actor_rollout_ref.model.path={tmp_path}/nothing"), is_poise=True
+    )
+    assert f"actor_rollout_ref.model.path={tmp_path}/nothing does not exist" in problem
+    # A hub id is left to the workers, which download it.
+    assert check_model(compose_config("actor_rollout_ref.model.path=Qwen/Qwen3-4B"), is_poise=True) == []
+
+
+def _checkpoint(folder: Path, step: int, poise_state: bool = True) -> Path:
+    step_folder = folder / f"global_step_{step}"
+    (step_folder / "actor").mkdir(parents=True)
+    if poise_state:
+        (step_folder / "poise_state.pt").write_bytes(b"")
+    return step_folder
+
+
+def test_resume_checks_find_the_checkpoint_or_say_what_is_there(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    base = f"trainer.default_local_dir={ckpt}"
+    assert check_resume(compose_config(base), is_poise=True) == []  # nothing saved yet: a fresh start
+
+    _checkpoint(ckpt, 2)
+    _checkpoint(ckpt, 4, poise_state=False)
+    (problem,) = check_resume(
+        compose_config(
+            base, "trainer.resume_mode=resume_path", f"trainer.resume_from_path={ckpt}/global_step_3"
+        ),
+        is_poise=True,
+    )
+    assert (
+        f"checkpoint folder {ckpt}/global_step_3 does not exist; {ckpt} holds global_step_2, global_step_4"
+        in (problem)
+    )
+    (problem,) = check_resume(compose_config(base, "trainer.resume_mode=resume_path"), is_poise=True)
+    assert "needs trainer.resume_from_path=<run folder>/global_step_N" in problem
+
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("4")
+    (problem,) = check_resume(compose_config(base), is_poise=True)
+    assert f"{ckpt}/global_step_4 has no poise_state.pt (probe and replay buffer)" in problem
+    assert check_resume(compose_config(base), is_poise=False) == []  # DAPO checkpoints have none
+
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("6")
+    (problem,) = check_resume(compose_config(base), is_poise=True)
+    assert f"checkpoint folder {ckpt}/global_step_6 does not exist" in problem
+    assert check_resume(compose_config(base, "trainer.resume_mode=disable"), is_poise=True) == []
+
+
+def test_reward_function_file_and_name(tmp_path):
+    reward = tmp_path / "reward.py"
+    reward.write_text(
+        "import math\n\ndef score(data_source, solution_str, ground_truth, extra_info=None):\n    return 1.0\n"
+    )
+    key = "reward.custom_reward_function"
+    assert check_reward_function(compose_config(f"{key}.path={reward}", f"{key}.name=score")) == []
+    (problem,) = check_reward_function(compose_config(f"{key}.path={reward}"))
+    assert (
+        f"reward.custom_reward_function.name='compute_score' is not defined in {reward} (its functions: "
+        in problem
+    )
+    (problem,) = check_reward_function(compose_config(f"{key}.path={tmp_path}/none.py"))
+    assert f"reward.custom_reward_function.path={tmp_path}/none.py does not exist" in problem

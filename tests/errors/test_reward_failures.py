@@ -1,0 +1,99 @@
+"""A reward function that raises or hangs ends the run with one message naming it and the sample (issue 11).
+
+Item 1: verl 0.9.1 alone logs the exception once per rollout among thousands of lines and ends about 100 s
+later with "Sync replay buffer selected terminal groups with no materializable trajectories". Item 5: a
+reward function that never returns leaves its prompt group "running" and verl's trainer waits forever
+(measured: "pending: 0, running: 1, finished: 7, failure: 0" logged once a minute, for as long as it was
+left). With poise_verl.verl_ext.reward_guard the last lines name the function's file and name, the exception
+and its message (or the timeout), and the sample: data source, row index, prompt, ground truth, response.
+
+Each test is one launch of the real entry point on the tiny task: the first fails in validation before
+training, the second in the first training step.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from e2e_runner import last_lines, run_main
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+# Raises on every odd row of the data (validation samples 16 rows, so some are odd).
+PICKY_REWARD = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    if extra_info["index"] % 2 == 1:
+        raise ValueError(f"cannot grade {solution_str!r}")
+    return 0.0
+"""
+
+# Never returns on odd rows (a training step of 8 prompts x 2 has some).
+STUCK_REWARD = """
+import time
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    while extra_info["index"] % 2 == 1:
+        time.sleep(1)
+    return 0.0
+"""
+
+
+def test_a_reward_function_that_raises_is_named_with_the_sample(tiny_assets, tmp_path):
+    reward = tmp_path / "picky_reward.py"
+    reward.write_text(PICKY_REWARD)
+    run = run_main(
+        [
+            "trainer.total_training_steps=1",
+            "trainer.save_freq=-1",
+            f"reward.custom_reward_function.path={reward}",
+        ],
+        tmp_path,
+        timeout=600,
+    )
+    assert run.returncode != 0
+    tail = last_lines(run.log, 4)
+    assert re.search(
+        rf"^poise-verl: the run stopped: the reward function compute_score in {re.escape(str(reward))} raised "
+        r"ValueError: cannot grade '.*' \(at .*picky_reward\.py:4 in compute_score\)$",
+        tail,
+        re.MULTILINE,
+    ), tail
+    sample = re.search(
+        r"^  sample: data_source='tiny_arith', row extra_info\.index=(\d+) \(split 'val'\), ",
+        tail,
+        re.MULTILINE,
+    )
+    assert sample, tail
+    assert int(sample.group(1)) % 2 == 1, "the sample named is not one the function raises on"
+    assert re.search(r"prompt='[^']+', ground_truth='\d+', response='", tail), tail
+    assert "Fix the function or the data and launch again." in tail
+
+
+def test_a_reward_function_that_hangs_on_one_sample_ends_in_bounded_time(tiny_assets, tmp_path):
+    reward = tmp_path / "stuck_reward.py"
+    reward.write_text(STUCK_REWARD)
+    run = run_main(
+        [
+            "trainer.total_training_steps=1",
+            "trainer.save_freq=-1",
+            "trainer.val_before_train=false",
+            "reward.timeout=5",
+            f"reward.custom_reward_function.path={reward}",
+        ],
+        tmp_path,
+        timeout=600,  # verl alone never ends: the test fails by timeout instead of asserting on a message
+    )
+    assert run.returncode != 0
+    tail = last_lines(run.log, 4)
+    assert (
+        f"poise-verl: the run stopped: the reward function compute_score in {reward} did not return within "
+        "reward.timeout=5 s on one sample (raise reward.timeout if it is just slow)"
+    ) in tail, tail
+    sample = re.search(
+        r"^  sample: data_source='tiny_arith', row extra_info\.index=(\d+) \(split 'train'\)",
+        tail,
+        re.MULTILINE,
+    )
+    assert sample and int(sample.group(1)) % 2 == 1, tail
