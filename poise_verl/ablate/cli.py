@@ -83,7 +83,7 @@ def _seed_list(text: str) -> list[int]:
 def plan_from_args(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], list[Run], Path]:
     """The algorithms, the runs (folders checked) and the ablation folder the command line asks for."""
     algos, seeds = _algo_list(args.algos), _seed_list(args.seeds)
-    check_extra_overrides(extra)
+    check_extra_overrides(extra, algos)
     output = Path(args.output or Path("ablations") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     configs = {algo: read_algo_config(algo, extra) for algo in algos}
     if any(c.test_freq <= 0 for c in configs.values()):

@@ -140,10 +140,11 @@ def plan_runs(
     return runs
 
 
-def check_extra_overrides(extra: list[str]) -> None:
-    """Refuse overrides the ablation owns, saying what to do instead."""
+def check_extra_overrides(extra: list[str], algos: list[str] = ()) -> None:
+    """Refuse overrides the ablation owns (seeds, folders, and what selects each algorithm of ``algos``),
+    saying what to do instead."""
     owned = {key: "--seeds" for key in SEED_KEYS}
-    owned.update({key: "--algos" for algorithm in ALGORITHMS.values() for key in algorithm.override_keys})
+    owned.update({key: "--algos" for algo in algos for key in ALGORITHMS[algo].override_keys})
     owned.update({"trainer.default_local_dir": "--output", "algo": "--algos", "hydra.run.dir": "--output"})
     for override in extra:
         key = override.lstrip("+~").split("=", 1)[0]
