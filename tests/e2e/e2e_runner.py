@@ -100,19 +100,25 @@ class Launch:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_for(self, pattern: str, timeout: float) -> bool:
-        """True once PATTERN (a regex) is in the output; False if the launch ended or TIMEOUT passed first."""
-        import re
+    def wait_until(self, condition, timeout: float) -> bool:
+        """True once CONDITION() holds; False if the launch ended or TIMEOUT passed first (a bound, not a
+        measurement: nothing is asserted about how long it took)."""
         import time
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if re.search(pattern, self.log()):
+            if condition():
                 return True
             if self.process.poll() is not None:
-                return bool(re.search(pattern, self.log()))
+                return bool(condition())
             time.sleep(0.5)
         return False
+
+    def wait_for(self, pattern: str, timeout: float) -> bool:
+        """True once PATTERN (a regex) is in the output; False if the launch ended or TIMEOUT passed first."""
+        import re
+
+        return self.wait_until(lambda: re.search(pattern, self.log()) is not None, timeout)
 
     def processes(self) -> list:
         """The live processes of this launch (psutil.Process), found by the marker in their environment."""
