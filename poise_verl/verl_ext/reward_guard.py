@@ -24,6 +24,7 @@ import _thread
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import inspect
 import logging
 import os
@@ -51,33 +52,55 @@ class RewardGuard:
     async def run_single(self, data):
         timeout = self.config.reward.get("timeout", None)
         task = asyncio.ensure_future(super().run_single(data))
-        done, _ = await asyncio.wait({task}, timeout=None if timeout is None else float(timeout))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=None if timeout is None else float(timeout))
+        finally:
+            if not task.done():
+                task.cancel()  # a synchronous function keeps its executor thread; the run stops anyway
+        function, files = reward_function(self.config)
         if not done:
-            task.cancel()  # a synchronous function keeps its executor thread; the run stops below anyway
             what = (
-                f"did not return within reward.timeout={timeout} s on one sample (raise reward.timeout if "
-                "it is just slow)"
+                f"the reward function {function} did not return within reward.timeout={timeout} s on one sample "
+                "(raise reward.timeout if it is just slow)"
             )
         elif task.exception() is not None:
-            error = task.exception()
-            what = f"raised {type(error).__name__}: {error}{_where(error)}"
+            what = describe_error(task.exception(), function, files, _wrapped(type(self)).__name__)
         else:
             return task.result()
-        message = f"the reward function {describe_function(self.config)} {what}\n  sample: {describe_sample(self, data)}"
+        message = f"{what}\n  sample: {describe_sample(self, data)}"
         await _record(message)
         raise RewardFunctionError(message)
 
 
-def describe_function(config) -> str:
-    """``NAME in FILE`` of the reward function verl calls for this config."""
+def reward_function(config) -> tuple[str, tuple[str, ...]]:
+    """(``NAME in FILE`` of the reward function verl calls for this config, the source paths that are it)."""
     function = config.reward.get("custom_reward_function") or {}
-    if function.get("path"):
-        return f"{function.get('name')} in {function.get('path')}"
-    from verl.utils.reward_score import default_compute_score
+    path = function.get("path")
+    if path:
+        path = str(path)
+        if path.startswith("pkg://"):
+            spec = importlib.util.find_spec(path.removeprefix("pkg://").replace("/", "."))
+            source = spec.origin if spec is not None and spec.origin else path
+        else:
+            source = os.path.abspath(path.removeprefix("file://"))
+        return f"{function.get('name')} in {path}", (source,)
+    from verl.utils import reward_score
 
-    return (
-        f"{default_compute_score.__name__} in {inspect.getsourcefile(default_compute_score)} (verl's default)"
-    )
+    folder = os.path.dirname(inspect.getsourcefile(reward_score))
+    name = reward_score.default_compute_score.__name__
+    return f"{name} in {inspect.getsourcefile(reward_score)} (verl's default)", (folder + os.sep,)
+
+
+def describe_error(error: BaseException, function: str, files: tuple[str, ...], manager: str) -> str:
+    """Who raised what, where: the reward function itself, or verl's reward manager around it."""
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [f for f in frames if os.path.abspath(f.filename).startswith(files)]
+    frame = own[-1] if own else (frames[-1] if frames else None)
+    where = f" (at {frame.filename}:{frame.lineno} in {frame.name})" if frame else ""
+    raised = f"{type(error).__name__}: {error}{where}"
+    if own:
+        return f"the reward function {function} raised {raised}"
+    return f"verl's {manager} raised {raised} while scoring a sample for the reward function {function}"
 
 
 def describe_sample(manager, data) -> str:
@@ -117,15 +140,6 @@ def _preview(value) -> str:
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
 
 
-def _where(error: BaseException) -> str:
-    """`` (at FILE:LINE in FUNCTION)``: the innermost frame of the traceback."""
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return ""
-    frame = frames[-1]
-    return f" (at {frame.filename}:{frame.lineno} in {frame.name})"
-
-
 @ray.remote(num_cpus=0)
 class FailureLog:
     """The first failure of this run (and how many followed), for the driver to print."""
@@ -147,12 +161,20 @@ _failure_logs: list = []  # keeps the log alive: a named actor dies with its cre
 
 
 async def _record(message: str) -> None:
+    if not ray.is_initialized():  # called outside Ray (a unit test): nothing to tell a driver
+        return
     try:
         if not _failure_logs:
             _failure_logs.append(FailureLog.options(name=FAILURE_LOG_NAME, get_if_exists=True).remote())
         await _failure_logs[0].add.remote(message)
     except Exception:  # the error is still raised to verl; only the driver's summary is lost
         logger.exception("could not record the reward failure for the driver")
+
+
+def _wrapped(cls: type) -> type:
+    """The verl manager class a guarded class wraps (the next class after RewardGuard)."""
+    mro = cls.__mro__
+    return mro[mro.index(RewardGuard) + 1]
 
 
 @functools.cache

@@ -1,0 +1,120 @@
+"""The reward guard on one sample, without Ray: verl's own ``load_reward_manager`` (what each reward loop
+worker calls) builds the manager from the composed config, and its ``run_single`` scores a real DataProto
+shaped as verl's agent loop sends it, decoded with the tiny policy's tokenizer.
+
+The end-to-end tests (test_reward_failures.py) show the same messages as the last lines of a run; these pin
+the three cases apart: the function raised, verl's manager raised around it, the function did not return.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_config
+from tensordict import TensorDict
+
+from poise_verl.verl_ext.reward_guard import RewardFunctionError
+
+
+def _manager(tokenizer_dir, *overrides: str):
+    from transformers import AutoTokenizer
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    config = compose_config(*overrides)
+    return load_reward_manager(config, AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+
+
+def _sample(tokenizer_dir, reward_model: dict):
+    """One rollout as verl's agent loop hands it to the reward worker (AgentLoopWorker._compute_score)."""
+    from transformers import AutoTokenizer
+    from verl import DataProto
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    prompt = torch.tensor([tokenizer.encode("2+2=")])
+    response = torch.tensor([tokenizer.encode("4</think>\\boxed{4}")])
+    input_ids = torch.cat([prompt, response], dim=1)
+    batch = TensorDict(
+        {
+            "prompts": prompt,
+            "responses": response,
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "position_ids": torch.arange(input_ids.shape[1])[None],
+        },
+        batch_size=1,
+    )
+    fields = {
+        "data_source": ["tiny_arith"],
+        "reward_model": [reward_model],
+        "extra_info": [{"index": 7, "split": "train"}],
+        "raw_prompt": [[{"role": "user", "content": "2+2="}]],
+    }
+    return DataProto(batch=batch, non_tensor_batch={k: np.array(v, dtype=object) for k, v in fields.items()})
+
+
+def _score(manager, data):
+    return manager.loop.run_until_complete(manager.run_single(data))  # verl's managers keep their own loop
+
+
+def _reward_file(tmp_path, body: str):
+    path = tmp_path / "my_reward.py"
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("algo", "manager"), [("poise", "NaiveRewardManager"), ("dapo", "DAPORewardManager")]
+)
+def test_verl_loads_its_own_manager_behind_the_guard(tiny_assets, algo, manager):
+    loaded = _manager(tiny_assets / "model", f"algo={algo}")
+    assert type(loaded).__name__ == f"Guarded{manager}"
+    assert type(loaded).__mro__[2].__name__ == manager
+    result = _score(loaded, _sample(tiny_assets / "model", {"ground_truth": "4"}))
+    assert result["reward_score"] == 1.0
+
+
+def test_a_raising_function_is_named_with_the_line_and_the_sample(tiny_assets, tmp_path):
+    reward = _reward_file(
+        tmp_path,
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    raise ValueError(f'cannot grade {solution_str!r}')\n",
+    )
+    manager = _manager(tiny_assets / "model", f"reward.custom_reward_function.path={reward}")
+    with pytest.raises(RewardFunctionError) as failed:
+        _score(manager, _sample(tiny_assets / "model", {"ground_truth": "4"}))
+    assert str(failed.value) == (
+        f"the reward function compute_score in {reward} raised ValueError: cannot grade '4</think>\\\\boxed{{4}}' "
+        f"(at {reward}:2 in compute_score)\n"
+        "  sample: data_source='tiny_arith', row extra_info.index=7 (split 'train'), prompt='2+2=', "
+        "ground_truth='4', response='4</think>\\\\boxed{4}'"
+    )
+
+
+def test_an_error_in_verls_manager_is_not_blamed_on_the_function(tiny_assets, tmp_path):
+    manager = _manager(tiny_assets / "model")
+    with pytest.raises(RewardFunctionError) as failed:
+        _score(manager, _sample(tiny_assets / "model", {"style": "rule"}))  # no ground_truth key
+    message = str(failed.value)
+    assert message.startswith("verl's NaiveRewardManager raised KeyError: 'ground_truth' (at ")
+    assert (
+        "naive.py" in message
+        and "while scoring a sample for the reward function compute_score in " in message
+    )
+
+
+def test_a_function_that_does_not_return_is_stopped_at_reward_timeout(tiny_assets, tmp_path):
+    reward = _reward_file(
+        tmp_path,
+        "import asyncio\n\n\n"
+        "async def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    await asyncio.Event().wait()  # never set\n",
+    )
+    manager = _manager(
+        tiny_assets / "model", f"reward.custom_reward_function.path={reward}", "reward.timeout=0.2"
+    )
+    with pytest.raises(RewardFunctionError) as failed:
+        _score(manager, _sample(tiny_assets / "model", {"ground_truth": "4"}))
+    assert str(failed.value).startswith(
+        f"the reward function compute_score in {reward} did not return within reward.timeout=0.2 s on one sample"
+    )
