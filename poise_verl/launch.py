@@ -1,39 +1,63 @@
 """From a composed config to a running verl trainer: environment, validation, Ray, verl's TaskRunner.
 
-The POISE pieces reach every Ray process through verl's own plugin hook: the modules named in
-``VERL_USE_EXTERNAL_MODULES`` are imported by ``import verl`` in the driver and in each worker, which
-registers the trainer modes (``poise``, ``dapo``), the feature-capture engine (selected with
-``VERL_ENGINE_VENDOR=poise``) and, with ``runtime.platform=cpu``, the CPU platform and the transformers
-rollout server. On ``runtime.platform=gpu`` nothing CPU-specific is loaded.
+The POISE pieces reach every process through one hook: ``import verl`` imports the modules of the package's
+``verl.plugins`` entry points (``pyproject.toml``) in the driver and in each Ray worker, which registers the
+estimator, the trainer modes, the feature-capture engine and the CPU platform with its transformers rollout.
+Registering selects nothing; the config does, and the environment variables verl reads its selections from
+(``VERL_PLATFORM`` from the platform file's ``ray_kwargs.ray_init.runtime_env.env_vars``, ``VERL_ENGINE_VENDOR``
+for POISE) reach every Ray process through ``ray.init``'s ``runtime_env``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import time
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from poise_verl.config import POISE_ENGINE_VENDOR, TrainerMode, validate
 
-EXTERNAL_MODULES = ["poise_verl.verl_ext.trainer"]
-CPU_MODULES = ["poise_verl.verl_ext.cpu"]
+PLUGIN_GROUP = "verl.plugins"
 
 
 def runtime_env_vars(config: DictConfig) -> dict[str, str]:
-    """Environment every Ray process needs for this config."""
-    modules = list(EXTERNAL_MODULES)
-    env = {}
+    """Environment every Ray process needs for this config: the config's own ``ray_init.runtime_env.env_vars``
+    (the platform file sets ``VERL_PLATFORM`` there) and, for POISE, the feature-capture engine's vendor key."""
+    runtime_env = config.ray_kwargs.get("ray_init", {}).get("runtime_env") or {}
+    env = {str(key): str(value) for key, value in (runtime_env.get("env_vars") or {}).items()}
     if config.trainer.v1.trainer_mode == TrainerMode.POISE:
-        modules.append("poise_verl.verl_ext.capture_engine")
         env["VERL_ENGINE_VENDOR"] = POISE_ENGINE_VENDOR
-    if config.runtime.platform == "cpu":
-        from poise_verl.verl_ext.cpu import CPU_ENV
-
-        modules = CPU_MODULES + modules
-        env["VERL_PLATFORM"] = CPU_ENV["VERL_PLATFORM"]
-    env["VERL_USE_EXTERNAL_MODULES"] = ",".join(modules)
     return env
+
+
+def check_plugins_loaded() -> None:
+    """Stop with a message when ``import verl`` did not load poise-verl's plugins.
+
+    verl imports each ``verl.plugins`` entry point and swallows any error (it logs at debug level), so a plugin
+    that fails to import, or ``VERL_USE_EXTERNAL_PLUGINS`` leaving it out, would only show later as an unknown
+    estimator, trainer mode, platform or rollout deep inside a worker.
+    """
+    from importlib.metadata import entry_points
+
+    import verl  # noqa: F401  loads the entry points
+
+    ours = [ep for ep in entry_points(group=PLUGIN_GROUP) if ep.value.split(":")[0].split(".")[0] == "poise_verl"]
+    if not ours:
+        raise SystemExit(
+            f"poise-verl's {PLUGIN_GROUP} entry points are not installed: install the package "
+            "(`pip install -e .` in the checkout, or `make run`) instead of running it from a source path"
+        )
+    missing = [ep for ep in ours if ep.value.split(":")[0] not in sys.modules]
+    for ep in missing:
+        importlib.import_module(ep.value.split(":")[0])  # raises the error verl swallowed, if there is one
+    if missing:
+        policy = os.environ.get("VERL_USE_EXTERNAL_PLUGINS", "auto")
+        raise SystemExit(
+            f"verl did not load the plugins {[ep.name for ep in missing]} (VERL_USE_EXTERNAL_PLUGINS={policy!r}): "
+            "unset VERL_USE_EXTERNAL_PLUGINS, or list these names in it"
+        )
 
 
 def check_hardware(config: DictConfig) -> None:
@@ -140,7 +164,7 @@ def run(config: DictConfig) -> None:
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    import poise_verl.verl_ext.trainer  # noqa: F401  registers the trainer modes in the driver too
+    check_plugins_loaded()
 
     validate_config(
         config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)

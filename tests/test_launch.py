@@ -1,8 +1,10 @@
-"""The launcher hands every Ray process POISE's modules through ray.init's runtime_env, and joins clusters.
+"""The launcher hands every Ray process the environment verl reads its selections from through ray.init's
+runtime_env, and joins clusters.
 
 A local Ray cluster inherits the driver's environment, so a launcher that only set os.environ would pass
 every single-node test and still fail on a cluster started with `ray start` (whose nodes never see the
 driver's environment). These tests read what `prepare` leaves in the config that verl passes to ray.init.
+POISE's modules themselves load through the package's entry points (tests/test_registration.py).
 """
 
 from __future__ import annotations
@@ -39,27 +41,34 @@ def prepared(tmp_path, monkeypatch):
     os.environ.update(saved)
 
 
-def test_runtime_env_carries_the_poise_modules(prepared):
+def test_runtime_env_selects_the_cpu_platform_and_the_capture_engine(prepared):
+    from poise_verl.verl_ext.cpu import platform_env_vars
+
     config = prepared()
     env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
-    modules = env_vars["VERL_USE_EXTERNAL_MODULES"].split(",")
-    assert modules == [
-        "poise_verl.verl_ext.cpu",
-        "poise_verl.verl_ext.trainer",
-        "poise_verl.verl_ext.capture_engine",
-    ]
     assert env_vars["VERL_ENGINE_VENDOR"] == "poise"
     assert env_vars["VERL_PLATFORM"] == "cpu"
     assert env_vars["VERL_FILE_LOGGER_PATH"].endswith(".jsonl")
+    # The platform file is the one source of the CPU environment; no module list travels (entry points load them).
+    assert platform_env_vars().items() <= dict(env_vars).items()
+    assert "VERL_USE_EXTERNAL_MODULES" not in env_vars
+    assert all(isinstance(value, str) for value in env_vars.values())
+    # The driver gets the same environment before it imports verl.
+    assert all(os.environ[key] == value for key, value in env_vars.items())
     # A local cluster: the CPU platform's logical resources are passed on.
     assert config.ray_kwargs.ray_init.num_cpus == 32 and config.ray_kwargs.ray_init.num_gpus == 1
 
 
-def test_dapo_gets_the_trainer_modes_but_not_the_capture_engine(prepared):
-    env_vars = prepared("algo=dapo").ray_kwargs.ray_init.runtime_env.env_vars
-    assert "poise_verl.verl_ext.trainer" in env_vars["VERL_USE_EXTERNAL_MODULES"]
-    assert "capture_engine" not in env_vars["VERL_USE_EXTERNAL_MODULES"]
-    assert "VERL_ENGINE_VENDOR" not in env_vars
+def test_dapo_and_grpo_do_not_select_the_capture_engine(prepared):
+    for algo in ("dapo", "grpo"):
+        env_vars = prepared(f"algo={algo}").ray_kwargs.ray_init.runtime_env.env_vars
+        assert "VERL_ENGINE_VENDOR" not in env_vars
+        assert env_vars["VERL_PLATFORM"] == "cpu"
+
+
+def test_an_environment_value_from_the_command_line_reaches_ray_as_a_string(prepared):
+    env_vars = prepared("+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS=2").ray_kwargs.ray_init.runtime_env.env_vars
+    assert env_vars["OMP_NUM_THREADS"] == "2"
 
 
 @pytest.mark.parametrize("how", ["config", "environment"])
@@ -71,4 +80,21 @@ def test_joining_a_cluster_leaves_resources_to_its_nodes(prepared, monkeypatch, 
         config = prepared()
     assert config.ray_kwargs.ray_init.num_cpus is None and config.ray_kwargs.ray_init.num_gpus is None
     assert "joining the Ray cluster at 10.0.0.1:6379" in capsys.readouterr().out
-    assert "VERL_USE_EXTERNAL_MODULES" in config.ray_kwargs.ray_init.runtime_env.env_vars
+    assert config.ray_kwargs.ray_init.runtime_env.env_vars["VERL_PLATFORM"] == "cpu"
+
+
+def test_a_launch_whose_verl_skipped_the_plugins_stops_with_the_reason():
+    """verl swallows plugin import errors and honours VERL_USE_EXTERNAL_PLUGINS; the launcher says so instead of
+    failing later inside a worker with an unknown estimator or platform."""
+    import subprocess
+    import sys
+
+    code = "from poise_verl.launch import check_plugins_loaded; check_plugins_loaded(); print('loaded')"
+    for policy, loaded in (("none", False), ("auto", True)):
+        env = dict(os.environ, VERL_USE_EXTERNAL_PLUGINS=policy)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180, check=False)
+        if loaded:
+            assert out.returncode == 0 and "loaded" in out.stdout, out.stderr[-2000:]
+        else:
+            assert out.returncode != 0
+            assert "verl did not load the plugins" in out.stderr and "VERL_USE_EXTERNAL_PLUGINS='none'" in out.stderr

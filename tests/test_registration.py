@@ -1,6 +1,7 @@
 """`algorithm.adv_estimator=poise` resolves through verl's own registry, in the driver and in Ray workers,
 and the registered estimator is POISE's cross-rollout construction."""
 
+import json
 import os
 import subprocess
 import sys
@@ -80,19 +81,71 @@ def test_missing_or_nan_baselines_are_errors():
            reward_baselines=torch.tensor([0.5, float("nan")]))
 
 
-def test_plain_import_verl_registers_poise_through_the_entry_point():
-    """A process that only imports verl (as Ray workers do) finds `poise` via the verl.plugins entry point."""
-    code = (
-        "import verl\n"
-        "from verl.trainer.ppo.core_algos import get_adv_estimator_fn\n"
-        "print(get_adv_estimator_fn('poise').__module__)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "VERL_USE_EXTERNAL_MODULES"}
+PLAIN_IMPORT = """
+import json, os
+import verl  # nothing else: verl loads the package's verl.plugins entry points, as in every Ray worker
+from omegaconf import OmegaConf
+from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+from verl.trainer.ppo.v1.trainer_base import get_trainer_cls
+from verl.utils.device import get_device_name
+from verl.workers.engine.base import EngineRegistry
+from verl.workers.rollout.replica import get_rollout_replica_class
+
+out = {"estimator": get_adv_estimator_fn("poise").__module__, "device": get_device_name()}
+out["replica"] = get_rollout_replica_class("hf").__name__
+out["modes"] = {}
+for path in sorted(os.listdir(os.environ["ALGO_DIR"])):
+    mode = OmegaConf.load(os.path.join(os.environ["ALGO_DIR"], path)).trainer.v1.trainer_mode
+    out["modes"][mode] = get_trainer_cls(mode).__name__
+out["cpu_engine_keys"] = sorted(str(k) for k in EngineRegistry._engines["language_model"]["fsdp2"] if "cpu" in str(k))
+os.environ["VERL_ENGINE_VENDOR"] = "poise"  # read at each lookup
+out["vendor_engine"] = EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__
+from verl.workers.engine.fsdp import transformer_impl
+out["offload_policy"] = transformer_impl.CPUOffloadPolicy.__module__
+print("RESULT" + json.dumps(out))
+"""
+
+
+def _plain_import_verl(**env_vars: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
+    env.update(env_vars, ALGO_DIR=os.path.join(os.path.dirname(__file__), "..", "hydra_configs", "algo"))
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+        [sys.executable, "-c", PLAIN_IMPORT], capture_output=True, text=True, env=env, timeout=180, check=False
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "poise_verl.verl_ext.adv_estimator" in out.stdout
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.split("RESULT", 1)[1])
+
+
+def test_plain_import_verl_registers_everything_through_the_entry_points():
+    """A process that only imports verl (as every Ray worker does) finds every piece the configs name: the
+    estimator, each algo file's trainer mode, the capture engine, the CPU platform and the hf rollout."""
+    cpu = _plain_import_verl(VERL_PLATFORM="cpu")
+    assert cpu["estimator"] == "poise_verl.verl_ext.adv_estimator"
+    assert cpu["device"] == "cpu"
+    assert cpu["replica"] == "HFReplica"
+    algo_files = os.listdir(os.path.join(os.path.dirname(__file__), "..", "hydra_configs", "algo"))
+    assert len(cpu["modes"]) == len(algo_files), cpu["modes"]  # each algo file's mode resolved (else: an error)
+    assert cpu["vendor_engine"] == "PoiseFSDPEngine"
+    assert "cpu" in cpu["cpu_engine_keys"]  # verl's FSDP engines, for device cpu
+    assert cpu["offload_policy"] == "poise_verl.verl_ext.cpu.platform"  # unpinned host memory on the CPU
+
+
+def test_a_process_not_on_the_cpu_platform_keeps_verls_engines_untouched():
+    """On a GPU node the CPU plugin registers names only: no engines for device cpu, verl's own offload policy."""
+    gpu = _plain_import_verl()
+    assert gpu["device"] == "cuda"  # verl's own fallback, as without the plugin
+    assert "cpu" not in gpu["cpu_engine_keys"], gpu["cpu_engine_keys"]
+    assert gpu["offload_policy"].startswith("torch."), gpu["offload_policy"]
+
+
+def test_entry_points_load_the_cpu_platform_before_the_engine_modules():
+    """verl loads entry points in the listed order; importing verl's engines asks for the platform, so the CPU
+    platform's entry must come before the capture engine's and the trainer's."""
+    from importlib.metadata import entry_points
+
+    names = [ep.value for ep in entry_points(group="verl.plugins") if ep.value.startswith("poise_verl")]
+    assert names.index("poise_verl.verl_ext.cpu") < names.index("poise_verl.verl_ext.capture_engine"), names
+    assert names.index("poise_verl.verl_ext.cpu") < names.index("poise_verl.verl_ext.trainer"), names
 
 
 def test_estimator_resolves_inside_a_ray_worker():

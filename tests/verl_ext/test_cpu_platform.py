@@ -1,7 +1,8 @@
 """The ``cpu`` platform and the registrations made by importing ``poise_verl.verl_ext.cpu``.
 
 Each check runs in a fresh interpreter, as a Ray worker would: verl resolves its platform once per process,
-and the environment variables are read at ``import verl``.
+loads the plugin modules at ``import verl`` and reads ``VERL_PLATFORM`` (from ``platform/cpu.yaml``, through
+:func:`cpu_env`) then.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def free_port() -> int:
 def test_import_verl_selects_cpu_platform_and_registers_everything():
     out = run_python(
         """
-        import verl  # imports poise_verl.verl_ext.cpu through VERL_USE_EXTERNAL_MODULES
+        import verl  # imports poise_verl.verl_ext.cpu through the package's verl.plugins entry point
         from verl.utils.device import get_device_id, get_device_name, get_nccl_backend, get_torch_device
         from verl.workers.engine.base import EngineRegistry
         from verl.workers.rollout.base import get_rollout_class
@@ -83,13 +84,14 @@ def test_vendor_keyed_engine_wins_on_cpu_when_selected():
         from verl.workers.engine.base import EngineRegistry
         from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
-        @EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device="cpu", vendor="poise")
-        class CaptureEngine(FSDPEngineWithLMHead):
+        # A vendor of its own: the entry points already registered poise's capture engine under "poise".
+        @EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device="cpu", vendor="other")
+        class OtherEngine(FSDPEngineWithLMHead):
             pass
 
         print(EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__)
-        os.environ["VERL_ENGINE_VENDOR"] = "poise"  # read at each lookup
+        os.environ["VERL_ENGINE_VENDOR"] = "other"  # read at each lookup
         print(EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__)
         """
     ).split()
-    assert out == ["FSDPEngineWithLMHead", "CaptureEngine"]
+    assert out == ["FSDPEngineWithLMHead", "OtherEngine"]

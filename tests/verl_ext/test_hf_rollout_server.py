@@ -118,3 +118,30 @@ def test_log_probs_only_when_requested_and_weights_load(tiny_task):
 
     with pytest.raises(KeyError):
         asyncio.run(server.load_weights([("no.such.weight", torch.zeros(1))]))
+
+
+def test_requests_that_keep_arriving_join_one_batch(tiny_task):
+    """verl's agent loop sends a step's requests one after another: they share a generate call as long as the
+    next one arrives within the server's quiet period, however long they keep coming."""
+    server = make_server(tiny_task)
+    server.batch_wait_s = 0.05  # quiet period: five times the gap between requests, a third of their spread
+    batch_sizes = []
+    generate_batch = server.generate_batch
+
+    def counting_generate_batch(prompts, *args):
+        batch_sizes.append(len(prompts))
+        return generate_batch(prompts, *args)
+
+    server.generate_batch = counting_generate_batch
+    greedy = {"temperature": 0.0, "max_tokens": 4}
+
+    async def staggered(i, prompt):
+        await asyncio.sleep(0.01 * i)
+        return await server.generate(prompt, dict(greedy), request_id=str(i))
+
+    async def run():
+        return await asyncio.gather(*(staggered(i, prompt) for i, prompt in enumerate(PROMPTS * 3)))
+
+    outputs = asyncio.run(run())
+    assert batch_sizes == [len(PROMPTS) * 3]
+    assert all(1 <= len(output.token_ids) <= 4 for output in outputs)

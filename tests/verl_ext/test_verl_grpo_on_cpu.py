@@ -1,22 +1,25 @@
 """verl 0.9.1's own trainer (``python -m verl.trainer.main_ppo``, v1, sync mode) runs GRPO on CPU.
 
 Nothing is mocked: a local Ray cluster on loopback, verl's FSDP2 actor and the ``hf`` rollout server from
-``poise_verl.verl_ext.cpu``, selected only through environment variables and Hydra overrides.
+``poise_verl.verl_ext.cpu``. The CPU settings come from the project's one place for them, composed into verl's
+own config tree: ``--config-dir hydra_configs +platform=cpu`` (``hydra_configs/platform/cpu.yaml``); the plugin
+modules load through the package's entry points, as in any verl process.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-from poise_verl.verl_ext.cpu import CPU_OVERRIDES, cpu_env
-
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "hydra_configs"
 STEPS = 3
 METRIC = re.compile(r"step:(\d+) - (.*)")
 
@@ -46,7 +49,8 @@ def test_verl_main_ppo_grpo_runs_on_cpu(tiny_task, tmp_path):
         sys.executable,
         "-m",
         "verl.trainer.main_ppo",
-        *CPU_OVERRIDES,
+        f"--config-dir={CONFIG_DIR}",
+        "+platform=cpu",
         "algorithm.adv_estimator=grpo",
         f"data.train_files={tiny_task.train_parquet}",
         f"data.val_files={tiny_task.val_parquet}",
@@ -73,9 +77,11 @@ def test_verl_main_ppo_grpo_runs_on_cpu(tiny_task, tmp_path):
         f"trainer.default_local_dir={tmp_path / 'checkpoints'}",
         f"+ray_kwargs.ray_init._temp_dir={ray_dir}",
     ]
+    # Nothing of POISE in the environment: the platform file carries VERL_PLATFORM to every Ray process.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("VERL_")}
     try:
         result = subprocess.run(
-            command, check=False, cwd=tmp_path, env=cpu_env(), capture_output=True, text=True, timeout=360
+            command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=360
         )
     finally:
         # Ray's processes may still write session logs for a moment after the driver exits.
