@@ -34,9 +34,7 @@ from poise_verl.core.pooling import (
     PooledPositions,
     pool_at_positions,
     pool_packed,
-    pool_padded,
     pooled_positions_packed,
-    pooled_positions_padded,
 )
 from poise_verl.core.probe import (
     PROBE_REGISTRY,
@@ -76,9 +74,7 @@ __all__ = [
     "leave_one_out_mean",
     "pool_at_positions",
     "pool_packed",
-    "pool_padded",
     "pooled_positions_packed",
-    "pooled_positions_padded",
     "ridge_fit",
     "sibling_targets",
     "storage_domain",

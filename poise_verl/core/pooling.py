@@ -10,12 +10,11 @@ states. Two vectors per rollout are pooled from them:
 with ``k = 10`` in the official configs. Both come out in float32 (``(B, H)``), upcast from bf16 before
 summing so that the mean does not lose bits.
 
-Two layouts of the same sequences give identical results:
-
-- padded (``pool_padded``): verl's ``(B, P + T)`` layout, a left-padded prompt of width ``P`` followed by
-  a right-padded response of width ``T``; ``attention_mask`` marks real tokens.
-- packed (``pool_packed``): verl's remove-padding layout, one row of concatenated samples described by
-  ``cu_seqlens``; sample ``i`` is its prompt (padding stripped) then its ``R_i`` response tokens.
+The layout is verl's remove-padding one (``pool_packed``): one row of concatenated samples described by
+``cu_seqlens``, sample ``i`` its prompt (padding stripped) then its ``R_i`` response tokens; without
+remove-padding verl's engine puts the same tokens at the start of right-padded rows
+(``pooled_positions_right_padded_rows``). The tests pool the same sequences from a left-padded prompt /
+right-padded response batch as an independent reference (``tests/pooling_reference.py``).
 
 Rule for short and empty sequences (never NaN, never an error):
 
@@ -23,7 +22,7 @@ Rule for short and empty sequences (never NaN, never an error):
 - a part with no tokens (an empty response, ``R_i = 0``, or an empty prompt) pools to a zero vector and
   is flagged in ``response_empty`` / ``prompt_empty`` ``(B,)`` so the caller can count such rows.
 
-Both layouts reduce to the same primitive: per sample, ``k`` flat positions and ``k`` weights (``1 / n``
+Pooling reduces to one primitive: per sample, ``k`` flat positions and ``k`` weights (``1 / n``
 for the ``n = min(k, length)`` real tokens, 0 for unused slots), slot ``j`` holding the ``j``-th token
 from the end. ``pooled_positions_packed`` exposes these so that a sequence-parallel caller whose rank holds
 only a slice ``[offset, offset + len)`` of the packed row can pool its slice with ``pool_at_positions`` and
@@ -42,11 +41,8 @@ __all__ = [
     "PooledPositions",
     "pool_at_positions",
     "pool_packed",
-    "pool_padded",
     "pooled_positions_packed",
-    "pooled_positions_padded",
     "pooled_positions_right_padded_rows",
-    "response_cut_at_last_token",
     "response_cut_at_last_token_packed",
 ]
 
@@ -125,7 +121,7 @@ def pooled_positions_packed(
         k: tokens pooled per part.
         response_pool_lengths: ``(B,)`` int in ``[0, R_i]``, optional: the response pool reads the last ``k``
             of the first ``C_i`` response tokens instead of the last ``k`` of all ``R_i`` (the official code
-            cuts the response after its last end-of-thinking token: ``response_cut_at_last_token``).
+            cuts the response after its last end-of-thinking token: ``response_cut_at_last_token_packed``).
 
     Returns:
         PooledPositions with ``(B, k)`` indices into the packed token axis (length ``cu[-1]``).
@@ -207,34 +203,21 @@ def pooled_positions_right_padded_rows(
     )
 
 
-def response_cut_at_last_token(
-    response_ids: torch.Tensor, response_mask: torch.Tensor, token_id: int | None
+def response_cut_at_last_token_packed(
+    input_ids: torch.Tensor, cu_seqlens: torch.Tensor, response_lengths: torch.Tensor, token_id: int | None
 ) -> torch.Tensor:
-    """``(B,)`` response tokens up to and including the last ``token_id`` (all real tokens when absent).
+    """``(B,)`` response tokens up to and including the last ``token_id`` (all ``R_i`` when it is absent).
 
     The official POISE code pools the response's hidden states only up to its last end-of-thinking token:
     for a thinking model the response feature summarises the end of the reasoning, not the boxed answer.
 
     Args:
-        response_ids: ``(B, T)`` response token ids, right-padded.
-        response_mask: ``(B, T)``, 1 on real response tokens (a prefix of each row).
+        input_ids: ``(total_nnz,)`` or ``(1, total_nnz)``, sample ``i`` at ``[cu[i], cu[i+1])`` ending with its
+            ``R_i`` response tokens.
+        cu_seqlens: ``(B + 1,)`` int cumulative lengths.
+        response_lengths: ``(B,)`` int, ``R_i``.
         token_id: the end-of-thinking token, or None for no cut.
     """
-    real = response_mask.to(torch.bool)
-    lengths = real.sum(1).to(torch.int64)
-    if token_id is None or response_ids.shape[1] == 0:
-        return lengths
-    positions = torch.arange(response_ids.shape[1], device=response_ids.device).expand_as(response_ids)
-    hits = torch.where(real & (response_ids == token_id), positions, torch.full_like(positions, -1))
-    last = hits.max(1).values  # (B,) -1 when the token is absent
-    return torch.where(last >= 0, last + 1, lengths)
-
-
-def response_cut_at_last_token_packed(
-    input_ids: torch.Tensor, cu_seqlens: torch.Tensor, response_lengths: torch.Tensor, token_id: int | None
-) -> torch.Tensor:
-    """``response_cut_at_last_token`` for the packed layout: ``input_ids`` ``(total_nnz,)`` (or
-    ``(1, total_nnz)``), sample ``i`` at ``[cu[i], cu[i+1])`` ending with its ``R_i`` response tokens."""
     response_lengths = response_lengths.to(torch.int64).reshape(-1)
     if token_id is None:
         return response_lengths
@@ -248,71 +231,6 @@ def response_cut_at_last_token_packed(
     last = torch.full_like(response_lengths, -1)
     last.scatter_reduce_(0, segment[hit], offset[hit], reduce="amax")
     return torch.where(last >= 0, last + 1, response_lengths)
-
-
-def _last_real_positions(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of the last ``k`` real tokens of each row of a ``(B, W)`` 0/1 mask.
-
-    Returns ``(index (B, k) int64, weight (B, k) float32)``, slot ``j`` = the ``j``-th real token from the
-    end. Works for any mask pattern (contiguous or not), without a loop over the batch.
-    """
-    batch, width = mask.shape
-    real = mask.to(torch.int64)
-    # rank_from_end[b, p] = number of real tokens at positions >= p (1 for the last real token).
-    rank_from_end = real.flip(1).cumsum(1).flip(1)
-    selected = (real > 0) & (rank_from_end <= k)
-    # Scatter each selected position into slot rank - 1; everything else goes to a dump column k.
-    slot = torch.where(selected, rank_from_end - 1, torch.full_like(rank_from_end, k))
-    positions = torch.arange(width, device=mask.device).expand(batch, width)
-    index = torch.zeros(batch, k + 1, dtype=torch.int64, device=mask.device)
-    index.scatter_(1, slot, positions)
-    weight = _slot_weights(real.sum(1), k)
-    index = torch.where(weight > 0, index[:, :k], torch.zeros_like(index[:, :k]))
-    return index, weight
-
-
-def pooled_positions_padded(
-    attention_mask: torch.Tensor,
-    prompt_length: int,
-    k: int = DEFAULT_POOL_TOKENS,
-    response_pool_lengths: torch.Tensor | None = None,
-) -> PooledPositions:
-    """Flat positions and weights of the pooled tokens in verl's padded layout.
-
-    Args:
-        attention_mask: ``(B, P + T)``, 1 on real tokens; columns ``[0, P)`` are the (left-padded)
-            prompt, ``[P, P + T)`` the (right-padded) response.
-        prompt_length: ``P``, the width of the prompt block.
-        k: tokens pooled per part.
-        response_pool_lengths: ``(B,)`` optional cut, as in ``pooled_positions_packed``.
-
-    Returns:
-        PooledPositions whose indices address the flattened ``(B * (P + T))`` token axis, i.e. row ``b``,
-        column ``c`` is ``b * (P + T) + c``.
-    """
-    _check_k(k)
-    if attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask must be (B, P + T), got shape {tuple(attention_mask.shape)}")
-    batch, width = attention_mask.shape
-    if not 0 <= prompt_length <= width:
-        raise ValueError(f"prompt_length {prompt_length} outside [0, {width}]")
-    mask = attention_mask != 0
-    response_mask = mask[:, prompt_length:]
-    if response_pool_lengths is not None:
-        # Keep only the first C_i real response tokens (the response block is right-padded).
-        ranks = response_mask.to(torch.int64).cumsum(1)  # 1-based rank of each real token
-        response_mask = response_mask & (ranks <= response_pool_lengths.to(ranks.device).reshape(-1, 1))
-    prompt_index, prompt_weight = _last_real_positions(mask[:, :prompt_length], k)
-    response_index, response_weight = _last_real_positions(response_mask, k)
-    row_start = (torch.arange(batch, device=mask.device) * width).unsqueeze(1)  # (B, 1)
-    return PooledPositions(
-        prompt_index=prompt_index + row_start,
-        prompt_weight=prompt_weight,
-        response_index=response_index + prompt_length + row_start,
-        response_weight=response_weight,
-        prompt_empty=~mask[:, :prompt_length].any(1),
-        response_empty=~response_mask.any(1),
-    )
 
 
 def pool_at_positions(
@@ -351,43 +269,6 @@ def pool_at_positions(
     return (rows * weight.unsqueeze(-1)).sum(1)
 
 
-def _pool(flat_hidden: torch.Tensor, positions: PooledPositions) -> PooledFeatures:
-    return PooledFeatures(
-        prompt=pool_at_positions(flat_hidden, positions.prompt_index, positions.prompt_weight),
-        response=pool_at_positions(flat_hidden, positions.response_index, positions.response_weight),
-        prompt_empty=positions.prompt_empty,
-        response_empty=positions.response_empty,
-    )
-
-
-def pool_padded(
-    hidden: torch.Tensor,
-    attention_mask: torch.Tensor,
-    prompt_length: int,
-    k: int = DEFAULT_POOL_TOKENS,
-    response_pool_lengths: torch.Tensor | None = None,
-) -> PooledFeatures:
-    """Pool phi(x) and phi(y) from hidden states in verl's padded layout.
-
-    Args:
-        hidden: ``(B, P + T, H)`` hidden states of one decoder layer (bf16 or float).
-        attention_mask: ``(B, P + T)``, 1 on real tokens.
-        prompt_length: ``P``; prompt tokens are the real positions in ``[0, P)``, response tokens the real
-            positions in ``[P, P + T)``.
-        k: tokens pooled per part (official: 10).
-
-    Returns:
-        PooledFeatures with ``prompt`` and ``response`` of shape ``(B, H)`` in float32.
-    """
-    if hidden.dim() != 3 or hidden.shape[:2] != attention_mask.shape:
-        raise ValueError(
-            f"hidden {tuple(hidden.shape)} must be (B, P + T, H) matching attention_mask "
-            f"{tuple(attention_mask.shape)}"
-        )
-    positions = pooled_positions_padded(attention_mask, prompt_length, k, response_pool_lengths)
-    return _pool(hidden.reshape(-1, hidden.shape[-1]), positions)
-
-
 def pool_packed(
     hidden: torch.Tensor,
     cu_seqlens: torch.Tensor,
@@ -415,4 +296,9 @@ def pool_packed(
         raise ValueError(f"cu_seqlens[-1] = {total} but the packed row holds {flat.shape[0]} tokens")
     cut = None if response_pool_lengths is None else response_pool_lengths.to(flat.device)
     positions = pooled_positions_packed(cu_seqlens.to(flat.device), response_lengths.to(flat.device), k, cut)
-    return _pool(flat, positions)
+    return PooledFeatures(
+        prompt=pool_at_positions(flat, positions.prompt_index, positions.prompt_weight),
+        response=pool_at_positions(flat, positions.response_index, positions.response_weight),
+        prompt_empty=positions.prompt_empty,
+        response_empty=positions.response_empty,
+    )

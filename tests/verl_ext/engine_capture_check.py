@@ -79,6 +79,18 @@ def infer(engine, batch, remove_padding: bool, flags: dict):
         return engine.infer_batch(data, loss_function=None)["model_output"]
 
 
+def _pooling_reference():
+    """tests/pooling_reference.py, loaded by path: this script runs outside pytest, without tests/ on sys.path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "pooling_reference.py"
+    spec = importlib.util.spec_from_file_location("pooling_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(out_path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     os.environ.setdefault("MASTER_PORT", str(20000 + os.getpid() % 20000))
@@ -88,7 +100,8 @@ def main(out_path: str) -> None:
     from verl.workers.config import FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
     from verl.workers.engine.base import EngineRegistry
 
-    from poise_verl.core.pooling import pool_padded, response_cut_at_last_token
+    reference = _pooling_reference()
+    pool_padded, response_cut_at_last_token = reference.pool_padded, reference.response_cut_at_last_token
     from poise_verl.tiny.model import make_model
     from poise_verl.tiny.tokenizer import build_tokenizer
     from poise_verl.verl_ext import capture_engine as ce
