@@ -4,7 +4,7 @@ Real processes and a real gloo group (torch.multiprocessing), not simulated slic
 the packed row at its end to a multiple of S and rank r holds the contiguous slice [r * L, (r + 1) * L). The
 hidden states are a decoder layer's output of the tiny policy on a packed row, computed in full on every rank
 and sliced the way verl slices them. (Running verl's Ulysses attention itself needs flash-attention, so a GPU;
-benchmarks/gpu_check.py is the place for that.)
+benchmarks/gpu_check is the place for that.)
 """
 
 from __future__ import annotations
