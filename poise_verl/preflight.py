@@ -115,7 +115,12 @@ def check_data_file(path: str, key: str, *, prompt_key: str, domain_key: str | N
     local = os.path.expanduser(path.removeprefix("file://"))
     if not os.path.isfile(local):
         hint = " (a folder: name the .parquet file itself)" if os.path.isdir(local) else ""
-        return [f"{key}: {path} does not exist{hint}. Set {key} to an existing file"], 0
+        return [
+            (
+                f"{key}: {path} does not exist{hint}. Set {key} to an existing file (python -m "
+                "poise_verl.data.prepare writes the recipes' datasets, see recipes/README.md)"
+            )
+        ], 0
     if not local.endswith(DATA_SUFFIXES):
         return [f"{key}: {path} is not a .parquet, .json or .jsonl file (verl reads only these)"], 0
     try:
