@@ -1,11 +1,14 @@
-"""POISE vs DAPO vs GRPO at one generation budget, over several seeds, with a report.
+"""POISE, POISE with prompt selection (probe or history), DAPO and GRPO at one generation budget, over several
+seeds, with a report.
 
-    python -m poise_verl.ablate [--algos poise,dapo,grpo] [--seeds 0,1,2] [--output DIR]
-                                [--target-accuracy A] [--dry-run] [--report-only] [-- HYDRA OVERRIDES ...]
+    python -m poise_verl.ablate [--algos poise,poise_select,poise_history,dapo,grpo] [--seeds 0,1,2]
+                                [--output DIR] [--target-accuracy A] [--dry-run] [--report-only]
+                                [-- HYDRA OVERRIDES ...]
 
 How the algorithms differ here: only in the Hydra overrides that select them (:mod:`.algorithms`, one entry
-per algorithm), at one budget ``budget.rollouts_per_step`` that each algorithm divides by its own ``n``
-(POISE 2, DAPO and GRPO 16) into prompts per step.
+per algorithm; all of them by default), at one budget ``budget.rollouts_per_step`` that each algorithm divides
+by its own ``n`` (POISE 2, DAPO and GRPO 16) into prompts per step. The selection variants generate for the
+same number of prompts as POISE, chosen from more candidates (``poise.selection``).
 
 Every run is an ordinary ``python -m poise_verl.main algo=X ...`` subprocess, one after another (seed-major:
 seed 0 of every algorithm first, so an interrupted ablation still compares like with like). The overrides
@@ -17,7 +20,8 @@ The stages, one module each, in the order they run:
 - :mod:`.launch`: one subprocess per unfinished run, resumable, one attempt logged per launch;
 - :mod:`.metrics`: the runs' metrics JSONL files merged into one trajectory per run, derived columns;
 - :mod:`.statistics`: means and spreads over seeds, time and tokens to the target, phase medians, the
-  probe's Pearson;
+  probe's Pearson; :mod:`.selection`: the zero-variance shares, the prompt-only estimate and the selection's
+  cost of the POISE variants;
 - :mod:`.report`: caveats, ``summary.md`` and ``summary.json``; :mod:`.plots` draws the figures;
 - :mod:`.cli`: the command line above.
 

@@ -1,9 +1,9 @@
 """The algorithms an ablation can compare: one entry each, the only place that says how to select one.
 
 An entry names the Hydra overrides that select the algorithm (before the user's own overrides) and what the
-report needs to know about it. A variant is one more entry, e.g. a probe-selected POISE::
-
-    Algorithm("poise_select", ("algo=poise", "poise.selection.mode=probe"), "tab:purple", probe=True)
+report needs to know about it. A variant of an algorithm is one more entry that also sets ``algo_name`` to
+its own name: the composed ``trainer.experiment_name`` (``tiny_${algo_name}``, ``qwen3_4b_${algo_name}``)
+then names the variant, so its runs do not share the base algorithm's experiment name (in wandb, say).
 """
 
 from __future__ import annotations
@@ -28,11 +28,27 @@ ALGORITHMS: dict[str, Algorithm] = {
     algorithm.name: algorithm
     for algorithm in (
         Algorithm("poise", ("algo=poise",), "tab:blue", probe=True),
+        # POISE that keeps, of twice the step's prompts, those whose prompt-only probe predicts the most
+        # informative pass rate (poise_verl/core/selection.py); the generation budget is unchanged.
+        Algorithm(
+            "poise_select",
+            ("algo=poise", "poise.selection.mode=probe", "algo_name=poise_select"),
+            "tab:purple",
+            probe=True,
+        ),
+        # POISE with a GRESO-style filter from each prompt's reward history, the same way.
+        Algorithm(
+            "poise_history",
+            ("algo=poise", "poise.selection.mode=history", "algo_name=poise_history"),
+            "tab:brown",
+            probe=True,
+        ),
         Algorithm("dapo", ("algo=dapo",), "tab:orange", dynamic_sampling=True),
         Algorithm("grpo", ("algo=grpo",), "tab:green"),
     )
 }
-DEFAULT_ALGOS = ("poise", "dapo", "grpo")
+# Every algorithm: `python -m poise_verl.ablate` alone runs the whole comparison; --algos picks a subset.
+DEFAULT_ALGOS = tuple(ALGORITHMS)
 # The algorithm whose mean final accuracy is the default target, and the denominator of the ratios.
 REFERENCE_ALGO = "dapo"
 

@@ -24,7 +24,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         extra = []
     parser = argparse.ArgumentParser(
         prog="python -m poise_verl.ablate",
-        description="POISE vs DAPO vs GRPO at one rollout budget over several seeds; Hydra overrides after `--`.",
+        description=(
+            "POISE (with and without prompt selection) vs DAPO vs GRPO at one rollout budget over several "
+            "seeds; Hydra overrides after `--`."
+        ),
     )
     parser.add_argument(
         "--algos", default=",".join(DEFAULT_ALGOS), help="algorithms to run (poise_verl/ablate/algorithms.py)"

@@ -121,17 +121,26 @@ def read_algo_config(algo: str, extra_overrides: list[str]) -> AlgoConfig:
 def plan_runs(
     algos: list[str], seeds: list[int], output: Path, extra: list[str], configs: dict[str, AlgoConfig]
 ) -> list[Run]:
-    """The runs in launch order (seed-major), each with its full list of overrides."""
+    """The runs in launch order (seed-major), each with its full list of overrides.
+
+    A run's experiment name is its algorithm's composed ``trainer.experiment_name`` and the seed; where two
+    algorithms compose the same name (a user's ``trainer.experiment_name``, or a recipe's without
+    ``${algo_name}``), the algorithm's name is added, so no two runs share one.
+    """
+    names = [configs[algo].experiment_name for algo in algos]
     runs = []
     for seed in seeds:
         for algo in algos:
             config = configs[algo]
+            experiment = config.experiment_name
+            if names.count(experiment) > 1:
+                experiment = f"{experiment}_{algo}"
             folder = output / "runs" / algo / f"seed_{seed}"
             overrides = [*ALGORITHMS[algo].overrides, *extra]
             overrides += [f"{key}={seed}" for key in config.seed_keys]
             overrides += [
                 f"trainer.default_local_dir={folder}",
-                f"trainer.experiment_name={config.experiment_name}_seed{seed}",
+                f"trainer.experiment_name={experiment}_seed{seed}",
                 f"hydra.run.dir={folder / 'hydra'}",
             ]
             if "file" not in config.logger:  # the report reads verl's `file` logger
