@@ -19,6 +19,7 @@ import pandas as pd
 from poise_verl.ablate.algorithms import ALGORITHMS
 from poise_verl.ablate.algorithms import colour as algo_colour
 from poise_verl.ablate.metrics import ADVANTAGE_STD_KEYS
+from poise_verl.ablate.selection import PREDICTED, ZERO_VARIANCE
 from poise_verl.ablate.statistics import seed_band
 
 SPREAD = "min-max over seeds"
@@ -158,9 +159,25 @@ def probe_figure(algo: str, runs: list[pd.DataFrame], path: Path) -> Path:
     )
 
 
+def zero_variance_figure(runs_by_algo, path: Path) -> Path:
+    """The realised share of zero-variance groups per step of each algorithm that logs it (the POISE variants),
+    and, dashed, the share a probe-selected run predicted for the prompts it kept."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    drawn = False
+    for index, (algo, runs) in enumerate(runs_by_algo.items()):
+        line_colour = algo_colour(algo, index)
+        drawn |= _draw(ax, {algo: runs}, ZERO_VARIANCE, None, label_suffix=" realised", colour=line_colour)
+        drawn |= _draw(
+            ax, {algo: runs}, PREDICTED, None, label_suffix=" predicted (kept)", linestyle="--", colour=line_colour
+        )
+    title = f"Groups whose rewards all agree (mean, band: {SPREAD})"
+    return _finish(fig, ax, path, title, "training step", "zero-variance share", drawn)
+
+
 def draw_figures(runs_by_algo: dict[str, list[pd.DataFrame]], folder: Path, target: float | None) -> list[Path]:
     """Every figure of the report, written into ``folder``: accuracy against wall-clock, tokens and steps,
-    gradient norm, advantages, and a probe figure per algorithm that has a probe."""
+    gradient norm, advantages, the zero-variance share of the algorithms that log it, and a probe figure per
+    algorithm that has a probe."""
     figures = [
         accuracy_figure(
             runs_by_algo,
@@ -183,6 +200,11 @@ def draw_figures(runs_by_algo: dict[str, list[pd.DataFrame]], folder: Path, targ
         ),
         advantage_figure(runs_by_algo, ADVANTAGE_STD_KEYS, folder / "advantages.png"),
     ]
+    logging_zero_variance = {
+        algo: runs for algo, runs in runs_by_algo.items() if any(ZERO_VARIANCE in run for run in runs)
+    }
+    if logging_zero_variance:
+        figures.append(zero_variance_figure(logging_zero_variance, folder / "zero_variance_share.png"))
     for algo, runs in runs_by_algo.items():
         if algo in ALGORITHMS and ALGORITHMS[algo].probe:
             figures.append(probe_figure(algo, runs, folder / f"{algo}_probe.png"))

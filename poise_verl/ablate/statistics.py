@@ -77,14 +77,18 @@ def mean_curve_reaching(results: list[RunResult], target: float) -> dict | None:
     }
 
 
-def late_probe_pearson(frame: pd.DataFrame, window: int = PROBE_WINDOW) -> float | None:
-    """Mean ``poise/probe_pearson`` (probe baseline vs realised reward) over the run's last ``window`` steps."""
-    column = "poise/probe_pearson"
+def late_mean(frame: pd.DataFrame, column: str, window: int = PROBE_WINDOW) -> float | None:
+    """Mean of ``column`` over the run's last ``window`` steps (None where it logged no value there)."""
     if column not in frame:
         return None
     values = frame[column].dropna()
     values = values[values.index > frame.index.max() - window]
     return float(values.mean()) if not values.empty else None
+
+
+def late_probe_pearson(frame: pd.DataFrame, window: int = PROBE_WINDOW) -> float | None:
+    """Mean ``poise/probe_pearson`` (probe baseline vs realised reward) over the run's last ``window`` steps."""
+    return late_mean(frame, "poise/probe_pearson", window)
 
 
 def phase_medians(frame: pd.DataFrame) -> dict[str, float | None]:
