@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 # The names poise-verl registers in verl's registries, each defined once.
 POISE_ADV_ESTIMATOR = "poise"  # algorithm.adv_estimator: verl's register_adv_est
 POISE_ENGINE_VENDOR = "poise"  # VERL_ENGINE_VENDOR: the feature-capture engine in verl's EngineRegistry
+# POISE's part of a checkpoint (probes, replay buffer, selection history), in each global_step_N folder.
+POISE_STATE_FILE = "poise_state.pt"
 
 
 class TrainerMode:
@@ -43,7 +45,9 @@ def _typed(cls, raw: Any, where: str):
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
     if missing:
-        raise ValueError(f"{where}: missing key(s) {missing} (hydra_configs/poise_trainer.yaml declares them)")
+        raise ValueError(
+            f"{where}: missing key(s) {missing} (hydra_configs/poise_trainer.yaml declares them)"
+        )
     return cls(**raw)
 
 
@@ -146,7 +150,9 @@ class SelectionSettings:
                 f"drawn per kept prompt), got {settings.candidates_per_prompt}"
             )
         if not 0.0 <= settings.exploration_share <= 1.0:
-            raise ValueError(f"poise.selection.exploration_share must be in [0, 1], got {settings.exploration_share}")
+            raise ValueError(
+                f"poise.selection.exploration_share must be in [0, 1], got {settings.exploration_share}"
+            )
         if not 0.0 <= settings.history.base_skip <= settings.history.max_skip < 1.0:
             raise ValueError(
                 "poise.selection.history needs 0 <= base_skip <= max_skip < 1 (a skip probability of 1 would make "
@@ -181,7 +187,9 @@ class PoiseSettings:
     @classmethod
     def from_config(cls, section: DictConfig | dict) -> PoiseSettings:
         raw: dict[str, Any] = (
-            OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+            OmegaConf.to_container(section, resolve=True)
+            if isinstance(section, DictConfig)
+            else dict(section)
         )
         raw["probe"] = ProbeSettings.from_dict(raw.get("probe", {}))
         raw["buffer"] = _typed(BufferSettings, raw.get("buffer", {}), "poise.buffer")
@@ -284,7 +292,9 @@ def validate(config: DictConfig) -> None:
                 f"{POISE_ADV_ESTIMATOR}, got {estimator!r}"
             )
         if n < 2:
-            raise ValueError(f"POISE needs >= 2 rollouts per prompt (cross-rollout baseline): got rollout.n={n}")
+            raise ValueError(
+                f"POISE needs >= 2 rollouts per prompt (cross-rollout baseline): got rollout.n={n}"
+            )
         _check_algorithm_keys_under_poise(config.algorithm)
     _check_micro_batches(config, n)
     platform = config.runtime.platform

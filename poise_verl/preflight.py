@@ -348,7 +348,7 @@ def _check_step_folder(folder: Path, key: str, is_poise: bool) -> list[str]:
             f"{key}: {folder} holds no actor checkpoint (no actor/ folder): it is not a complete checkpoint"
         ]
     if is_poise:
-        from poise_verl.verl_ext.trainer.poise import POISE_STATE_FILE
+        from poise_verl.config import POISE_STATE_FILE
 
         if not (folder / POISE_STATE_FILE).is_file():
             return [

@@ -1,4 +1,5 @@
-"""A reward function that raises or hangs stops the run with one message naming the function and the sample.
+"""A reward function that raises, hangs or returns a non-finite score stops the run with one message naming the
+function and the sample.
 
 What verl 0.9.1 does without this: the reward loop worker's exception fails the rollout's prompt group; the
 agent loop logs the traceback (once per rollout, thousands of lines) and the trainer goes on until its replay
@@ -27,6 +28,7 @@ import functools
 import importlib.util
 import inspect
 import logging
+import math
 import os
 import sys
 import threading
@@ -65,11 +67,21 @@ class RewardGuard:
             )
         elif task.exception() is not None:
             what = describe_error(task.exception(), function, files, _wrapped(type(self)).__name__)
+        elif not _finite(score := task.result().get("reward_score")):
+            # In training a NaN would poison the advantages; in validation, the reported accuracy.
+            what = f"the reward function {function} returned {score!r}, not a finite number, on one sample"
         else:
             return task.result()
         message = f"{what}\n  sample: {describe_sample(self, data)}"
         await _record(message)
         raise RewardFunctionError(message)
+
+
+def _finite(score) -> bool:
+    try:
+        return math.isfinite(float(score))
+    except (TypeError, ValueError):
+        return False
 
 
 def reward_function(config) -> tuple[str, tuple[str, ...]]:

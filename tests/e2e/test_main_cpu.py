@@ -12,7 +12,7 @@ import re
 
 import pytest
 import torch
-from e2e_runner import assert_finite, run_main
+from e2e_runner import assert_finite, last_lines, run_main
 from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -73,7 +73,9 @@ def test_dapo_trains_at_the_same_rollout_budget(tiny_assets, tmp_path):
     assert run.returncode == 0, run.log[-4000:]
     metrics = run.metrics()
     for step in (1, 2):
-        assert_finite(metrics[step], ["actor/pg_loss", "actor/grad_norm", "critic/score/mean", "timing_s/gen"])
+        assert_finite(
+            metrics[step], ["actor/pg_loss", "actor/grad_norm", "critic/score/mean", "timing_s/gen"]
+        )
         assert not any(k.startswith("poise/") for k in metrics[step])
     # 16 rollouts per step, as for POISE: one prompt with n=16.
     assert "'n': 16" in run.log or "n: 16" in run.log
@@ -118,4 +120,9 @@ def test_a_nan_reward_stops_the_run_naming_the_function(tiny_assets, tmp_path):
         timeout=300,
     )
     assert run.returncode != 0
-    assert re.search(r"reward of rollout \d+ \(uid=.*\) is nan: the reward function compute_score in .*nan_reward\.py", run.log)
+    # The reward guard names the function and the sample in the last lines (in training and validation alike).
+    assert re.search(
+        r"the reward function compute_score in .*nan_reward\.py returned nan, not a finite number",
+        last_lines(run.log),
+    )
+    assert "sample: data_source='tiny_arith'" in last_lines(run.log)

@@ -32,7 +32,7 @@ import transfer_queue as tq
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.utils.debug import marked_timer
 
-from poise_verl.config import PoiseSettings, TrainerMode
+from poise_verl.config import POISE_STATE_FILE, PoiseSettings, TrainerMode
 from poise_verl.core.buffer import storage_domain
 from poise_verl.core.cross_rollout import cross_baselines, sibling_targets
 from poise_verl.core.diagnostics import baseline_diagnostics
@@ -50,8 +50,6 @@ from poise_verl.verl_ext.trainer.checked_sync import CheckedSyncTrainer, to_list
 from poise_verl.verl_ext.trainer.selection import PromptSelection
 
 logger = logging.getLogger(__name__)
-
-POISE_STATE_FILE = "poise_state.pt"
 
 
 @dataclass
