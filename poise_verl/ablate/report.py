@@ -69,8 +69,9 @@ def validation_noise(results: list[RunResult]) -> dict | None:
         "largest_at_accuracy": nearest,
         "standard_error_at_half": error(0.5),
         "required_at_most": MAX_VALIDATION_SE,
-        "meets_requirement": None if largest is None else largest <= MAX_VALIDATION_SE + 1e-12,
-        "prompts_needed": math.ceil(nearest * (1 - nearest) / MAX_VALIDATION_SE**2 - 1e-9),
+        # Every accuracy 0 or 1 (an untrained policy, say): the estimate says 0 and proves nothing.
+        "meets_requirement": None if not largest else largest <= MAX_VALIDATION_SE + 1e-12,
+        "prompts_needed": math.ceil(nearest * (1 - nearest) / MAX_VALIDATION_SE**2 - 1e-9) or None,
         "prompts_needed_at_half": math.ceil(0.25 / MAX_VALIDATION_SE**2 - 1e-9),
     }
 
@@ -84,8 +85,15 @@ def validation_text(noise: dict) -> str:
             f"validation's standard error is unknown; {required} ({noise['prompts_needed_at_half']} prompts at "
             "accuracy 0.5)."
         )
-    verdict = "met" if noise["meets_requirement"] else "NOT met"
     n = noise["prompts"]
+    if noise["meets_requirement"] is None:
+        return (
+            f"Validation: {n} prompts x {noise['samples_per_prompt']} sample(s) each; every validation scored 0 "
+            f"or 1, where the binomial estimate of the standard error is 0 and says nothing; at accuracy 0.5 it "
+            f"is {100 * noise['standard_error_at_half']:.2f} points; {required} "
+            f"({noise['prompts_needed_at_half']} prompts at 0.5)."
+        )
+    verdict = "met" if noise["meets_requirement"] else "NOT met"
     return (
         f"Validation: {n} prompts x {noise['samples_per_prompt']} sample(s) each; one validation's binomial "
         f"standard error sqrt(p(1-p)/{n}) is {noise['standard_error']:.4f} "
@@ -343,7 +351,7 @@ def selection_markdown(selection: dict) -> list[str]:
         cost = _logged(s["select_share_of_step"])
         if s["select_share_of_step"]["mean"] is not None:
             seconds = (s["select_median_s"]["mean"], s["step_median_s_selection_steps"]["mean"])
-            cost += f" ({fmt(seconds[0], 2)} s / {fmt(seconds[1], 2)} s)"
+            cost += " ({:.3g} s / {:.3g} s)".format(*seconds)  # a history filter takes well under 1 ms
         cells = [
             str(len(s["runs"])),
             _logged(s["zero_variance_share"]),

@@ -16,7 +16,7 @@ from poise_verl.ablate.algorithms import ALGORITHMS, DEFAULT_ALGOS
 from poise_verl.ablate.cli import main
 from poise_verl.ablate.metrics import collect
 from poise_verl.ablate.plan import check_extra_overrides, compose, plan_runs, read_algo_config
-from poise_verl.ablate.report import validation_noise, write_report
+from poise_verl.ablate.report import validation_noise, validation_text, write_report
 from poise_verl.ablate.selection import ZERO_VARIANCE, run_selection
 from poise_verl.ablate.statistics import seed_band
 
@@ -150,9 +150,9 @@ def test_selection_table_ratios_and_figure_match_hand_computed_values(tmp_path):
     assert "| poise | 2 | 0.500 ± 0.071 | 0.500 ± 0.071 | not logged | not logged | not logged | not logged | " \
         "not logged | not logged |" in table
     assert "| poise_select | 2 | 0.350 ± 0.000 | 0.350 ± 0.000 | 0: 3, 1: 3 | 0.300 ± 0.000 | 0.300 ± 0.000 | " \
-        "0.500 ± 0.000 | 0.400 ± 0.000 (0.400 ± 0.000) | 0.100 ± 0.000 (0.20 s / 2.00 s) |" in table
+        "0.500 ± 0.000 | 0.400 ± 0.000 (0.400 ± 0.000) | 0.100 ± 0.000 (0.2 s / 2 s) |" in table
     assert "| poise_history | 2 | 0.300 ± 0.000 | 0.300 ± 0.000 | 0: 4, 1: 4 | 0.300 ± 0.000 | not logged | " \
-        "not logged | not logged | 0.010 ± 0.000 (0.01 s / 1.00 s) |" in table
+        "not logged | not logged | 0.010 ± 0.000 (0.01 s / 1 s) |" in table
     assert "| dapo |" not in table
     assert "poise_select 3.00e-06." in table
     assert "- poise_select/dapo: wall-clock 0.50x, tokens 0.50x" in markdown
@@ -219,6 +219,14 @@ def test_the_verdict_takes_the_validation_nearest_half(tmp_path):
     assert noise["largest_standard_error"] == pytest.approx(math.sqrt(0.25 / 1700))
     assert noise["meets_requirement"] is False
     assert noise["prompts_needed"] == 1737
+
+    # A policy that never (or always) solves a validation prompt: the binomial estimate, 0, proves nothing.
+    for r in results:
+        r.frame["val_accuracy"] = r.frame["val_accuracy"].where(r.frame["val_accuracy"].isna(), 0.0)
+    noise = validation_noise(results)
+    assert noise["largest_standard_error"] == 0.0 and noise["meets_requirement"] is None
+    assert noise["prompts_needed"] is None and noise["prompts_needed_at_half"] == 1737
+    assert "every validation scored 0 or 1" in validation_text(noise)
 
 
 def test_selection_variants_are_registry_entries_with_their_own_experiment_names(tmp_path, capsys):
