@@ -48,7 +48,7 @@ def test_each_domain_fits_on_its_own_rows_and_routes_by_domain():
     alone = make_probe()
     math = buffer.dataset(["math"])
     alone.fit(math.prompt_feats, math.response_feats, math.scalar_feats, math.targets)
-    prompt, response, scalar, targets = rows(+1, 20, 5)
+    prompt, response, scalar, _ = rows(+1, 20, 5)
     predictions, fitted = probes.predict(prompt, response, scalar, ["math"] * 20)
     assert fitted.all()
     torch.testing.assert_close(predictions, alone.predict(prompt, response, scalar))
