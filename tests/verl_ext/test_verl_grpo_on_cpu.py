@@ -92,6 +92,8 @@ def test_verl_main_ppo_grpo_runs_on_cpu(tiny_task, tmp_path):
     (tmp_path / "main_ppo.log").write_text(log)
     assert result.returncode == 0, log[-6000:]
 
+    # The platform file's agent-loop manager batched the requests to the hf server.
+    assert "HFAgentLoopManager: the agent loop reaches the rollout servers through HFServerClient" in log
     steps = parse_step_metrics(log)
     assert sorted(steps) == list(range(1, STEPS + 1)), log[-6000:]
     for step, metrics in steps.items():

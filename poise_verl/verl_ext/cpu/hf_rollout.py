@@ -77,12 +77,52 @@ class SamplingSettings:
         return self.temperature <= 0.0
 
 
-@dataclasses.dataclass
-class _Request:
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One generation request as the server runs it."""
+
     prompt_ids: list[int]
     max_tokens: int
-    want_log_probs: bool
-    future: asyncio.Future
+    settings: SamplingSettings
+
+
+class QuietBatcher:
+    """Hands items submitted concurrently to ``flush`` as one list: once none has arrived for ``quiet_s``, or
+    ``max_items`` wait, or the first has waited ``max_delay_s``. ``flush`` returns one result per item (or raises,
+    and every caller of that batch gets the error). Create it inside the event loop that submits."""
+
+    def __init__(self, flush, quiet_s: float, max_delay_s: float, max_items: int):
+        self.flush, self.quiet_s, self.max_delay_s, self.max_items = flush, quiet_s, max_delay_s, max(1, max_items)
+        self.pending: list[tuple[Any, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+
+    async def submit(self, item):
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self.pending:
+            first = time.monotonic()
+            while len(self.pending) < self.max_items and time.monotonic() - first < self.max_delay_s:
+                count = len(self.pending)
+                await asyncio.sleep(self.quiet_s)
+                if len(self.pending) == count:
+                    break
+            batch, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
+            try:
+                results = await self.flush([item for item, _ in batch])
+            except Exception as error:  # noqa: BLE001  (the failure goes to every caller of the batch)
+                results = [error] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
 
 class HFRolloutServer:
@@ -145,9 +185,7 @@ class HFRolloutServer:
             pad if pad is not None else (self.eos_token_ids[0] if self.eos_token_ids else 0)
         )
 
-        self._pending: list[tuple[SamplingSettings, _Request]] = []
-        self._has_pending: asyncio.Event | None = None
-        self._batcher: asyncio.Task | None = None
+        self._batcher: QuietBatcher | None = None  # made in the actor's event loop, on the first request
         # Held by a batch while it generates and by a weight update while it writes, so weights never change
         # under a running generate.
         self._model_lock: asyncio.Lock | None = None
@@ -180,6 +218,20 @@ class HFRolloutServer:
             stop_token_ids=tuple(sampling_params.get("stop_token_ids") or ()),
         )
 
+    def request(self, prompt_ids: list[int], sampling_params: dict[str, Any]) -> Request:
+        prompt_ids = [int(token) for token in prompt_ids]
+        max_tokens = self._max_tokens(sampling_params, len(prompt_ids))
+        return Request(prompt_ids, max_tokens, self._settings(sampling_params))
+
+    def token_output(self, result: tuple[list[int], list[float]], sampling_params: dict[str, Any]) -> TokenOutput:
+        token_ids, log_probs = result
+        return TokenOutput(
+            token_ids=token_ids,
+            log_probs=log_probs if sampling_params.get("logprobs", False) else None,
+            stop_reason="completed",
+            extra_fields={"global_steps": self.global_steps},
+        )
+
     async def generate(
         self,
         prompt_ids: list[int],
@@ -189,70 +241,42 @@ class HFRolloutServer:
         video_data: list[Any] | None = None,
         **kwargs,
     ) -> TokenOutput:
-        """Generate one response for ``prompt_ids``; batched with whatever else arrives in the same window."""
+        """Generate one response for ``prompt_ids``, batched with the requests that arrive with it."""
         if image_data is not None or video_data is not None:
             raise NotImplementedError("the hf rollout server is text-only")
-        prompt_ids = [int(token) for token in prompt_ids]
-        loop = asyncio.get_running_loop()
-        if self._batcher is None or self._batcher.done():
-            self._has_pending = asyncio.Event()
-            self._model_lock = self._model_lock or asyncio.Lock()
-            self._batcher = loop.create_task(self._batch_loop())
-        request = _Request(
-            prompt_ids=prompt_ids,
-            max_tokens=self._max_tokens(sampling_params, len(prompt_ids)),
-            want_log_probs=bool(sampling_params.get("logprobs", False)),
-            future=loop.create_future(),
-        )
-        self._pending.append((self._settings(sampling_params), request))
-        self._has_pending.set()
-        token_ids, log_probs = await request.future
-        return TokenOutput(
-            token_ids=token_ids,
-            log_probs=log_probs if request.want_log_probs else None,
-            stop_reason="completed",
-            extra_fields={"global_steps": self.global_steps},
-        )
+        if self._batcher is None:
+            self._batcher = QuietBatcher(
+                self.run_requests, self.batch_wait_s, self.max_batch_delay_s, self.config.max_num_seqs
+            )
+        result = await self._batcher.submit(self.request(prompt_ids, sampling_params))
+        return self.token_output(result, sampling_params)
 
-    async def _collect(self) -> None:
-        """Return once no request has arrived for ``batch_wait_s``, the batch is full, or it waited too long."""
-        first = time.monotonic()
-        while True:
-            count = len(self._pending)
-            await asyncio.sleep(self.batch_wait_s)
-            full = len(self._pending) >= max(1, self.config.max_num_seqs)
-            if full or len(self._pending) == count or time.monotonic() - first >= self.max_batch_delay_s:
-                return
+    async def generate_many(self, prompts: list[tuple[list[int], dict[str, Any]]]) -> list[TokenOutput]:
+        """Generate one response per ``(prompt_ids, sampling_params)`` at once: a client that batched its requests
+        itself (:class:`~poise_verl.verl_ext.cpu.agent_loop.HFServerClient`) sends them in one call."""
+        results = await self.run_requests([self.request(ids, params) for ids, params in prompts])
+        return [self.token_output(result, params) for result, (_, params) in zip(results, prompts, strict=True)]
 
-    async def _batch_loop(self) -> None:
-        while True:
-            await self._has_pending.wait()
-            await self._collect()
-            pending, self._pending = self._pending, []
-            self._has_pending.clear()
-            groups: dict[SamplingSettings, list[_Request]] = {}
-            for settings, request in pending:
-                groups.setdefault(settings, []).append(request)
-            max_batch = max(1, self.config.max_num_seqs)
-            for settings, requests in groups.items():
-                for start in range(0, len(requests), max_batch):
-                    chunk = requests[start : start + max_batch]
-                    try:
-                        async with self._model_lock:
-                            results = await asyncio.to_thread(
-                                self.generate_batch,
-                                [r.prompt_ids for r in chunk],
-                                [r.max_tokens for r in chunk],
-                                settings,
-                            )
-                    except Exception as error:  # noqa: BLE001  (the failure goes to every caller of the batch)
-                        for request in chunk:
-                            if not request.future.done():
-                                request.future.set_exception(error)
-                        continue
-                    for request, result in zip(chunk, results, strict=True):
-                        if not request.future.done():
-                            request.future.set_result(result)
+    async def run_requests(self, requests: list[Request]) -> list[tuple[list[int], list[float]]]:
+        """(token ids, log-probs) per request: one ``generate`` per sampling setting and ``max_num_seqs`` chunk."""
+        groups: dict[SamplingSettings, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(request.settings, []).append(index)
+        results: list[Any] = [None] * len(requests)
+        max_batch = max(1, self.config.max_num_seqs)
+        for settings, indices in groups.items():
+            for start in range(0, len(indices), max_batch):
+                chunk = indices[start : start + max_batch]
+                async with self._lock():
+                    outputs = await asyncio.to_thread(
+                        self.generate_batch,
+                        [requests[i].prompt_ids for i in chunk],
+                        [requests[i].max_tokens for i in chunk],
+                        settings,
+                    )
+                for i, output in zip(chunk, outputs, strict=True):
+                    results[i] = output
+        return results
 
     def generate_batch(
         self, prompts: list[list[int]], max_tokens: list[int], settings: SamplingSettings
@@ -323,7 +347,7 @@ class HFRolloutServer:
         return None
 
     async def wait_for_requests_to_drain(self) -> None:
-        while self._pending:
+        while self._batcher is not None and self._batcher.pending:
             await asyncio.sleep(self.batch_wait_s)
         async with self._lock():
             return
