@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test bench lint clean-venv
+.PHONY: run test bench bench-cpu lint clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(VENV)/.installed
 BENCH_ARGS ?= --quick
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.gpu_check $(BENCH_ARGS) --out benchmarks/last_run.json
+
+# A step of the tiny CPU default (GRPO and POISE through the real entry point) against a plain single-process
+# trainer doing the same work, in one run: ratios, phases, CPU per process, start-up (docs/PERFORMANCE.md).
+bench-cpu: $(VENV)/.installed
+	$(PY) -m benchmarks.cpu_step --out outputs/cpu_step.json
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check poise_verl tests benchmarks

@@ -1,6 +1,6 @@
 """What a step of the tiny CPU default costs, against a plain single-process trainer doing the same work.
 
-    python -m benchmarks.cpu_step [--steps 10] [--algos grpo,poise] [--out FILE.json] [-- OVERRIDES...]
+    python -m benchmarks.cpu_step [--steps 10] [--algos grpo,poise] [--out outputs/cpu_step.json] [-- OVERRIDES...]
 
 In one invocation, on the built tiny assets (``~/.cache/poise_verl/tiny-v1``, built on first use):
 
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--plain-threads", default="1,2", help="torch thread counts the plain loop runs at (each before and after)"
     )
     parser.add_argument("--algos", default="grpo,poise", help="comma-separated: grpo, poise, dapo")
-    parser.add_argument("--out", default="benchmarks/cpu_step_last_run.json")
+    parser.add_argument("--out", default="outputs/cpu_step.json", help="the results as JSON (outputs/ is git-ignored)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per entry-point run")
     args = parser.parse_args(argv)
     if args.steps < FIRST_STEADY_STEP + 1 or args.plain_steps < FIRST_STEADY_STEP + 1:

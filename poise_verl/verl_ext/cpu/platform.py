@@ -228,7 +228,7 @@ def _never_pin_offloaded_parameters() -> None:
     none is available" from ``Tensor.pin_memory``. On the CPU the parameters already live in host memory and
     offloading them is only placement, so in a process that loaded this platform the name that module builds
     the policy from makes one that does not pin. Nothing else of the engine changes, and a GPU process never
-    imports this module.
+    runs this: ``poise_verl.verl_ext.cpu`` registers the CPU engines only where ``VERL_PLATFORM=cpu``.
     """
     from verl.workers.engine.fsdp import transformer_impl
 
