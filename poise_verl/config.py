@@ -243,14 +243,14 @@ def _div(a: Any, b: Any) -> int:
 
 
 def _tiny(relative: str) -> str:
-    """``${poise_tiny:model}``: a path inside the tiny assets' cache folder.
+    """``${poise_tiny:model}``: a path inside the tiny assets' folder (shipped, or ``$POISE_VERL_CACHE``'s).
 
     Only the path: Hydra dereferences an interpolated value whenever a recipe merges over it, so building here
-    would train the tiny model on every GPU launch. ``launch.prepare`` builds the assets when a run uses them.
+    would train a tiny model on GPU launches. ``launch.prepare`` builds a cache's assets when a run uses them.
     """
-    from poise_verl.tiny.build import default_cache_dir
+    from poise_verl.tiny.build import tiny_assets_dir
 
-    return str(default_cache_dir() / relative)
+    return str(tiny_assets_dir() / relative)
 
 
 def _module_file(module: str) -> str:

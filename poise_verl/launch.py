@@ -116,10 +116,11 @@ def metrics_file(config: DictConfig) -> str:
 
 
 def ensure_tiny_assets_if_used(config: DictConfig) -> None:
-    """Build the tiny policy and task (first use only, about 2 minutes) when the run's paths point at them."""
-    from poise_verl.tiny.build import default_cache_dir, ensure_tiny_assets
+    """With ``POISE_VERL_CACHE`` set, build the tiny policy and task there (first use only, about a minute)
+    when the run's paths point at them; the shipped assets need nothing."""
+    from poise_verl.tiny.build import ensure_tiny_assets, tiny_assets_dir
 
-    root = str(default_cache_dir())
+    root = str(tiny_assets_dir())
     val_files = config.data.val_files
     paths = [config.actor_rollout_ref.model.path, config.data.train_files]
     paths += list(val_files) if OmegaConf.is_list(val_files) else [val_files]

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from poise_verl.config import register_resolvers
 from poise_verl.launch import prepare
+from poise_verl.tiny.build import RECIPE_VERSION
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "hydra_configs")
 
@@ -23,7 +24,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "hydra_configs")
 @pytest.fixture
 def prepared(tmp_path, monkeypatch):
     """prepare(config) for the CPU default with OVERRIDES, the process environment restored afterwards."""
-    built = tmp_path / "cache" / "tiny-v1"
+    built = tmp_path / "cache" / f"tiny-v{RECIPE_VERSION}"
     built.mkdir(parents=True)
     (built / "build_info.json").write_text("{}")  # reads as built: nothing is trained here
     monkeypatch.setenv("POISE_VERL_CACHE", str(tmp_path / "cache"))
@@ -67,7 +68,7 @@ def test_dapo_and_grpo_do_not_select_the_capture_engine(prepared):
 
 
 def test_an_environment_value_from_the_command_line_reaches_ray_as_a_string(prepared):
-    env_vars = prepared("+ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS=2").ray_kwargs.ray_init.runtime_env.env_vars
+    env_vars = prepared("ray_kwargs.ray_init.runtime_env.env_vars.OMP_NUM_THREADS=2").ray_kwargs.ray_init.runtime_env.env_vars
     assert env_vars["OMP_NUM_THREADS"] == "2"
 
 

@@ -1,7 +1,7 @@
 """The tiny CPU policy and its arithmetic task, the default that ``python -m poise_verl.main`` trains.
 
     from poise_verl.tiny import ensure_tiny_assets
-    assets = ensure_tiny_assets()   # builds once (about a minute on 2 cores), then cached
+    assets = ensure_tiny_assets()   # the assets shipped in the package (or $POISE_VERL_CACHE's own build)
     # assets / "model", assets / "data" / "train.parquet", assets / "data" / "val.parquet"
 
 The reward is ``poise_verl/tiny/reward.py:compute_score``. Modules import torch/transformers lazily from

@@ -42,9 +42,9 @@ def _fake_tiny_cache(root: Path) -> Path:
     previous = os.environ.get("POISE_VERL_CACHE")
     os.environ["POISE_VERL_CACHE"] = str(root)
     try:
-        from poise_verl.tiny.build import default_cache_dir
+        from poise_verl.tiny.build import tiny_assets_dir
 
-        built = default_cache_dir()
+        built = tiny_assets_dir()
     finally:
         if previous is None:
             del os.environ["POISE_VERL_CACHE"]

@@ -65,6 +65,10 @@ def test_ensure_tiny_assets_builds_once(tmp_path, monkeypatch):
     assert sorted(p.name for p in target.parent.iterdir()) == [".tiny.lock", "tiny"]  # no staging dir left
 
 
-def test_cache_dir_follows_env_and_version(monkeypatch, tmp_path):
+def test_assets_dir_is_the_shipped_one_unless_a_cache_is_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("POISE_VERL_CACHE", raising=False)
+    assert tiny_build.tiny_assets_dir() == tiny_build.SHIPPED_DIR
+    info = json.loads((tiny_build.SHIPPED_DIR / "build_info.json").read_text())
+    assert info["recipe_version"] == tiny_build.RECIPE_VERSION and info["val_prompts"] == tiny_build.VAL_PROMPTS
     monkeypatch.setenv("POISE_VERL_CACHE", str(tmp_path))
-    assert tiny_build.default_cache_dir() == tmp_path / f"tiny-v{tiny_build.RECIPE_VERSION}"
+    assert tiny_build.tiny_assets_dir() == tmp_path / f"tiny-v{tiny_build.RECIPE_VERSION}"
