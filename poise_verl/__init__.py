@@ -5,9 +5,9 @@ predicted by a light probe on the policy's own hidden states. With two rollouts 
 baseline is the probe's prediction from its sibling's features, so the policy gradient stays unbiased.
 
 Importing this package registers the advantage estimator ``poise`` with verl's ``register_adv_est``, so
-``algorithm.adv_estimator=poise`` works in any verl config. verl imports this package in every process
-through the ``verl.plugins`` entry point declared in pyproject.toml (set ``VERL_USE_EXTERNAL_PLUGINS=none``
-to turn that off, and ``VERL_USE_EXTERNAL_MODULES=poise_verl`` to name it explicitly instead).
+``algorithm.adv_estimator=poise`` works in any verl config. verl imports this package, the trainer modes, the
+feature-capture engine and (on ``VERL_PLATFORM=cpu``) the CPU platform in every process through the
+``verl.plugins`` entry points declared in pyproject.toml, the one way poise-verl's plugins load.
 
 The algorithm itself lives in :mod:`poise_verl.core` (pure torch); :mod:`poise_verl.verl_ext` holds the
 thin adapters that plug it into verl's registries.

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # importing poise_verl imports verl, which must wait for prep
 
 # verl's own variables: the platform to use, and the modules its __init__ imports first (this project's CPU
 # plugin registers the platform "cpu" and verl's FSDP engines for it; see poise_verl.verl_ext.cpu).
-CPU_PLATFORM = {"VERL_PLATFORM": "cpu", "VERL_USE_EXTERNAL_MODULES": "poise_verl.verl_ext.cpu"}
+CPU_PLATFORM = {"VERL_PLATFORM": "cpu"}  # the plugins themselves load through the package's verl.plugins entry points
 
 
 def prepare(device: str) -> str | None:
@@ -42,9 +42,6 @@ def prepare(device: str) -> str | None:
         return "verl is not installed"
     if device == "cpu":
         os.environ.setdefault("VERL_PLATFORM", CPU_PLATFORM["VERL_PLATFORM"])
-        modules = [m for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m]
-        plugin = CPU_PLATFORM["VERL_USE_EXTERNAL_MODULES"]
-        os.environ["VERL_USE_EXTERNAL_MODULES"] = ",".join([plugin, *(m for m in modules if m != plugin)])
     try:
         import verl.workers.engine.fsdp.transformer_impl  # noqa: F401
 

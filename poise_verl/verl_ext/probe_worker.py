@@ -59,8 +59,9 @@ class ProbeWorker:
     ):
         """``prompt_min_fit_rows``: also keep the prompt-only probes (``poise.selection.mode=probe``), each
         fitted once its domain holds that many prompt groups; None: no prompt probes."""
-        # The refit overlaps the actor update; a few threads, never more than the node has.
-        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1))))
+        # The refit overlaps the actor update: a few threads, never more than the node has, and the platform's
+        # thread count where it sets one (the CPU platform's OMP_NUM_THREADS=1: more threads were slower there).
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(4, os.cpu_count() or 1))))
         self.probes = DomainProbes(domains, lambda: build_value_probe(settings), min_fit_rows)
         self.prompt_probes = None
         if prompt_min_fit_rows is not None:

@@ -17,8 +17,8 @@
 #   PYTHON                interpreter used to build the runtime-env JSON (default python)
 #
 # The POISE modules reach every Ray process without anything here: verl imports poise_verl through its
-# `verl.plugins` entry point, and the launcher (poise_verl/launch.py) puts VERL_USE_EXTERNAL_MODULES (and
-# VERL_ENGINE_VENDOR for POISE) into ray.init's runtime_env. Ray merges the job's runtime_env with that one and
+# `verl.plugins` entry points, and the launcher (poise_verl/launch.py) puts VERL_ENGINE_VENDOR (for POISE) and
+# VERL_PLATFORM (on CPU) into ray.init's runtime_env. Ray merges the job's runtime_env with that one and
 # refuses a variable set in both, so this script never sets those variables.
 set -euo pipefail
 

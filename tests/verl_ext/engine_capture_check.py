@@ -3,7 +3,7 @@
 Run by tests/verl_ext/test_capture_engine.py in a fresh process (it sets up a one-rank gloo process group
 and verl's CPU platform, which must happen before verl is imported):
 
-    VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=poise_verl.verl_ext.cpu python engine_capture_check.py OUT.json
+    VERL_PLATFORM=cpu python engine_capture_check.py OUT.json   (the plugins load through verl.plugins)
 
 For each layout (packed = ``use_remove_padding=True``, padded = ``False``) it builds ``PoiseFSDPEngine`` (the
 class the POISE launcher selects) around the tiny policy's architecture, runs the old-log-prob style

@@ -4,7 +4,7 @@
 - ``dapo`` (``algo=dapo``): the same plus a bound on DAPO's dynamic sampling;
 - ``poise`` (``algo=poise``): the same plus feature capture and probe baselines (``poise.py``).
 
-verl imports this module in every Ray process through ``VERL_USE_EXTERNAL_MODULES`` (``poise_verl.launch``).
+verl imports this module in every Ray process through the package's ``verl.plugins`` entry point.
 """
 
 from poise_verl.verl_ext.trainer.checked_sync import CheckedSyncTrainer, DapoTrainer
