@@ -153,8 +153,8 @@ def two_node_cluster(tmp_path, monkeypatch):
             except ProcessLookupError:
                 continue
         for process in reversed(processes):
-            try:
-                process.wait(timeout=60)
+            try:  # a graceful stop takes Ray up to half a minute; the group's SIGKILL below ends the rest
+                process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
             try:  # whatever of the node outlived `ray start` (gcs, raylet, workers) goes with its group

@@ -1,4 +1,4 @@
-"""A reward function that raises or hangs ends the run with one message naming it and the sample (issue 11).
+"""A reward function that raises ends the run with one message naming it and the sample (issue 11).
 
 Item 1: verl 0.9.1 alone logs the exception once per rollout among thousands of lines and ends about 100 s
 later with "Sync replay buffer selected terminal groups with no materializable trajectories". Item 5: a
@@ -7,8 +7,10 @@ reward function that never returns leaves its prompt group "running" and verl's 
 left). With poise_verl.verl_ext.reward_guard the last lines name the function's file and name, the exception
 and its message (or the timeout), and the sample: data source, row index, prompt, ground truth, response.
 
-Each test is one launch of the real entry point on the tiny task: the first fails in validation before
-training, the second in the first training step.
+One launch of the real entry point on the tiny task; it fails in validation before training. A function that
+hangs or returns a non-finite score takes the same path from the guard to the driver's last lines (the failure
+log, Ray stopped first, the message printed last), so test_reward_guard.py pins those messages on one sample
+through verl's own reward manager, without another launch.
 """
 
 from __future__ import annotations
@@ -25,17 +27,6 @@ PICKY_REWARD = """
 def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
     if extra_info["index"] % 2 == 1:
         raise ValueError(f"cannot grade {solution_str!r}")
-    return 0.0
-"""
-
-# Never returns on odd rows (a training step of 8 prompts x 2 has some).
-STUCK_REWARD = """
-import time
-
-
-def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
-    while extra_info["index"] % 2 == 1:
-        time.sleep(1)
     return 0.0
 """
 
@@ -69,31 +60,3 @@ def test_a_reward_function_that_raises_is_named_with_the_sample(tiny_assets, tmp
     assert int(sample.group(1)) % 2 == 1, "the sample named is not one the function raises on"
     assert re.search(r"prompt='[^']+', ground_truth='\d+', response='", tail), tail
     assert "Fix the function or the data and launch again." in tail
-
-
-def test_a_reward_function_that_hangs_on_one_sample_ends_in_bounded_time(tiny_assets, tmp_path):
-    reward = tmp_path / "stuck_reward.py"
-    reward.write_text(STUCK_REWARD)
-    run = run_main(
-        [
-            "trainer.total_training_steps=1",
-            "trainer.save_freq=-1",
-            "trainer.val_before_train=false",
-            "reward.timeout=5",
-            f"reward.custom_reward_function.path={reward}",
-        ],
-        tmp_path,
-        timeout=600,  # verl alone never ends: the test fails by timeout instead of asserting on a message
-    )
-    assert run.returncode != 0
-    tail = last_lines(run.log, 4)
-    assert (
-        f"poise-verl: the run stopped: the reward function compute_score in {reward} did not return within "
-        "reward.timeout=5 s on one sample (raise reward.timeout if it is just slow)"
-    ) in tail, tail
-    sample = re.search(
-        r"^  sample: data_source='tiny_arith', row extra_info\.index=(\d+) \(split 'train'\)",
-        tail,
-        re.MULTILINE,
-    )
-    assert sample and int(sample.group(1)) % 2 == 1, tail

@@ -118,3 +118,65 @@ def test_a_function_that_does_not_return_is_stopped_at_reward_timeout(tiny_asset
     assert str(failed.value).startswith(
         f"the reward function compute_score in {reward} did not return within reward.timeout=0.2 s on one sample"
     )
+
+
+def test_a_synchronous_function_that_hangs_is_stopped_at_reward_timeout(tiny_assets, tmp_path):
+    """verl runs a synchronous function in an executor thread, which cannot be cancelled: the guard stops waiting
+    at reward.timeout and the run ends anyway (the driver then stops Ray). Here the function returns after 3 s,
+    so the test process does not wait on the thread at exit."""
+    reward = _reward_file(
+        tmp_path,
+        "import time\n\n\n"
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        "    time.sleep(3)\n"
+        "    return 1.0\n",
+    )
+    manager = _manager(
+        tiny_assets / "model", f"reward.custom_reward_function.path={reward}", "reward.timeout=0.5"
+    )
+    with pytest.raises(RewardFunctionError) as failed:
+        _score(manager, _sample(tiny_assets / "model", {"ground_truth": "4"}))
+    assert str(failed.value) == (
+        f"the reward function compute_score in {reward} did not return within reward.timeout=0.5 s on one sample "
+        "(raise reward.timeout if it is just slow)\n"
+        "  sample: data_source='tiny_arith', row extra_info.index=7 (split 'train'), prompt='2+2=', "
+        "ground_truth='4', response='4</think>\\\\boxed{4}'"
+    )
+
+
+@pytest.mark.parametrize("score", ["float('nan')", "float('inf')", "None"])
+def test_a_non_finite_score_is_named_with_the_sample(tiny_assets, tmp_path, score):
+    """In training a NaN would poison every advantage of its group; in validation, the reported accuracy."""
+    reward = _reward_file(
+        tmp_path,
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
+        f"    return {score}\n",
+    )
+    manager = _manager(tiny_assets / "model", f"reward.custom_reward_function.path={reward}")
+    with pytest.raises(RewardFunctionError) as failed:
+        _score(manager, _sample(tiny_assets / "model", {"ground_truth": "4"}))
+    assert str(failed.value).startswith(
+        f"the reward function compute_score in {reward} returned {eval(score)!r}, not a finite number, on one sample\n"
+        "  sample: data_source='tiny_arith', row extra_info.index=7"
+    )
+
+
+def test_the_trainers_backstop_names_the_rollout_and_the_function():
+    """Behind a reward manager without the guard (reward.reward_manager.source=register), the trainer itself
+    refuses a non-finite reward before it reaches an advantage. Called on a stand-in for the trainer (only its
+    config is read): building verl's trainer needs a running cluster."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from poise_verl.verl_ext.trainer.checked_sync import CheckedSyncTrainer
+
+    trainer = SimpleNamespace(
+        config=OmegaConf.create({"reward": {"custom_reward_function": {"name": "score", "path": "/x/r.py"}}})
+    )
+    uids = np.array(["a", "a", "b"], dtype=object)
+    CheckedSyncTrainer._check_rewards(trainer, uids, torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(
+        ValueError, match=r"reward of rollout 2 \(uid='b'\) is nan: the reward function score in /x/r.py"
+    ):
+        CheckedSyncTrainer._check_rewards(trainer, uids, torch.tensor([1.0, 0.0, float("nan")]))
