@@ -70,6 +70,11 @@ class PromptSelection:
             else:
                 index = self._history.select(ids, keep, generator)
                 predicted, features = None, None
+                # A prompt never seen has no history: in a run shorter than an epoch the filter cannot act.
+                self._selection_metrics = {
+                    "poise/selection/seen_before_share": sum(i in self._history.streaks for i in ids) / len(ids),
+                    "poise/selection/mean_skip_probability": float(self._history.skip_probability(ids).mean()),
+                }
         batch = tu.index_select_tensor_dict(candidates, index)
         uids = [str(uid) for uid in batch["uid"]]
         self._kept = {
