@@ -82,6 +82,7 @@ class ProbeSettings:
     """``poise.probe``: which probe, the shared PCA sizes and seed, and each head's hyperparameters."""
 
     name: str
+    feature_order: str
     prompt_pca_dim: int
     response_pca_dim: int
     seed: int
@@ -98,6 +99,12 @@ class ProbeSettings:
         settings = _typed(cls, raw, "poise.probe")
         if settings.name not in heads:
             raise ValueError(f"poise.probe.name={settings.name!r}: choose one of {sorted(heads)}")
+        from poise_verl.core.probe_features import FEATURE_ORDERS
+
+        if settings.feature_order not in FEATURE_ORDERS:
+            raise ValueError(
+                f"poise.probe.feature_order={settings.feature_order!r}: choose one of {list(FEATURE_ORDERS)}"
+            )
         return settings
 
 
@@ -114,6 +121,7 @@ def build_value_probe(settings: ProbeSettings, prompt_only: bool = False):
         prompt_components=settings.prompt_pca_dim,
         response_components=0 if prompt_only else settings.response_pca_dim,
         seed=settings.seed,
+        feature_order=settings.feature_order,
         **dataclasses.asdict(getattr(settings, settings.name)),
     )
 

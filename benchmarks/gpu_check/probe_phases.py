@@ -17,6 +17,7 @@ from benchmarks.gpu_check.timing import describe, timed
 from poise_verl.core.buffer import ProbeReplayBuffer
 from poise_verl.core.entropy import DEFAULT_ENTROPY_FEATURES, entropy_feature_matrix, entropy_statistics
 from poise_verl.core.probe import PCARidgeProbe
+from poise_verl.core.probe_features import OFFICIAL
 
 
 @contextlib.contextmanager
@@ -77,7 +78,9 @@ def phase_probe(record: dict, settings: Settings, report, data) -> None:
     record["threads_all"] = all_threads
 
     # The official sizes (docs/OFFICIAL_SETTINGS.md): PCA 32 / 64, ridge alpha 100.
-    probe = PCARidgeProbe(prompt_components=32, response_components=64, alpha=100.0, seed=settings.seed)
+    probe = PCARidgeProbe(
+        prompt_components=32, response_components=64, alpha=100.0, seed=settings.seed, feature_order=OFFICIAL
+    )
     fit_metrics: list[dict] = []
     # ProbeWorker calls torch.set_num_threads(1): that is the production setting.
     for label, threads in (("1_thread", 1), ("all_threads", all_threads)):

@@ -1,6 +1,7 @@
 """The probe side of the value-estimator study: which layers, the probe fitted on each, and its cost.
 
-At every swept layer the official probe (PCA of the raw pooled states, one standardisation, ridge) is fitted on the training prompts' rollouts,
+At every swept layer the probe (by default the official one: PCA of the raw pooled states, one standardisation,
+ridge; ``--probe-order standardise_first`` for the former order) is fitted on the training prompts' rollouts,
 grouped in pairs as POISE trains (n = 2: each row's target is its sibling's reward), and predicts the held-out
 rollouts; a held-out prompt's value estimate is the mean prediction over its m rollouts, and over one pair.
 """
@@ -79,6 +80,7 @@ class ProbeSettings:
     response_components: int
     alpha: float
     seed: int
+    feature_order: str
 
     def new_probe(self):
         return build_probe(
@@ -87,6 +89,7 @@ class ProbeSettings:
             response_components=self.response_components,
             alpha=self.alpha,
             seed=self.seed,
+            feature_order=self.feature_order,
         )
 
 

@@ -62,6 +62,7 @@ from poise_verl.analysis.probe_sweep import ProbeSettings, choose_layers, layer_
 from poise_verl.analysis.prompts import DataError, encode_prompt, read_prompts
 from poise_verl.analysis.sampling import generate_hf, score_responses
 from poise_verl.core.capture import decoder_layers
+from poise_verl.core.probe_features import FEATURE_ORDERS, OFFICIAL
 
 logger = logging.getLogger("poise_verl.analysis.value_estimator")
 
@@ -112,6 +113,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--response-components", type=int, default=64, help="probe PCA dims, response (official 64)"
     )
     parser.add_argument("--ridge-alpha", type=float, default=100.0, help="probe ridge alpha (official 100)")
+    parser.add_argument(
+        "--probe-order",
+        choices=FEATURE_ORDERS,
+        default=OFFICIAL,
+        help="probe input transform (poise.probe.feature_order): official (default) or standardise_first",
+    )
     parser.add_argument("--critic-epochs", type=int, default=10, help="critic: most epochs tried")
     parser.add_argument(
         "--critic-lr",
@@ -262,7 +269,9 @@ def analyse(
     features = rollout_features(args, model, prompt_ids, responses, layers, think_id)
     timing["feature_extraction_seconds"] = time.monotonic() - clock
 
-    probe = ProbeSettings(args.prompt_components, args.response_components, args.ridge_alpha, args.seed)
+    probe = ProbeSettings(
+        args.prompt_components, args.response_components, args.ridge_alpha, args.seed, args.probe_order
+    )
     fits = layer_sweep(features, layers, rewards, train, heldout, probe)
     study = Study(args, model, tokenizer, prompt_ids, rewards, train, heldout, probe_layer, fits)
     compared = compare(study)

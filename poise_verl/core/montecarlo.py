@@ -40,6 +40,7 @@ import torch
 
 from poise_verl.core.cross_rollout import sibling_targets
 from poise_verl.core.probe import PCARidgeProbe
+from poise_verl.core.probe_features import OFFICIAL
 
 __all__ = ["BanditConfig", "MonteCarloResult", "main", "run_bandit_simulation"]
 
@@ -152,7 +153,9 @@ def _fit_probe(config: BanditConfig, generator: torch.Generator) -> PCARidgeProb
     earlier = _sample(config, max(1, config.probe_fit_groups // config.groups_per_batch), generator)
     rewards = earlier["reward"].reshape(-1)
     group_index = torch.arange(rewards.shape[0]) // 2  # rollouts 2g and 2g + 1 are siblings
-    probe = PCARidgeProbe(prompt_components=32, response_components=64, seed=config.seed, alpha=config.probe_alpha)
+    probe = PCARidgeProbe(
+        prompt_components=32, response_components=64, seed=config.seed, feature_order=OFFICIAL, alpha=config.probe_alpha
+    )
     probe.fit(
         _flat(earlier, "prompt_feats"),
         _flat(earlier, "response_feats"),

@@ -6,8 +6,9 @@ computes (pooled hidden states of one layer plus entropy statistics) and uses g'
 rollouts as baselines: b_i = mean_{j != i} g(phi_j), A_i = R_i - b_i (see ``cross_rollout``). The probe is
 refit from scratch every step on a replay buffer of (phi_j, mean reward of j's siblings) rows.
 
-Every probe shares one input transform (``probe_features.FeatureTransform``, the official order: PCA of the
-raw pooled states to 32 / 64 dims, concatenation with the scalars, one standardisation) and differs in its
+Every probe shares one input transform (``probe_features.FeatureTransform``, by default the official order: PCA
+of the raw pooled states to 32 / 64 dims, concatenation with the scalars, one standardisation; the former
+``standardise_first`` order by name) and differs in its
 head (``PROBE_REGISTRY``), each matching the official ``fit_estimator`` (holi-lab/POISE
 ``src/poise/estimator.py``) with the official fit config's single ``alpha`` as its penalty:
 
@@ -68,11 +69,12 @@ class ValueProbe:
 
     name = "base"
 
-    def __init__(self, prompt_components: int, response_components: int, seed: int):
+    def __init__(self, prompt_components: int, response_components: int, seed: int, feature_order: str):
         self.prompt_components = prompt_components
         self.response_components = response_components
         self.seed = seed
-        self._transform = FeatureTransform(prompt_components, response_components, seed)
+        self.feature_order = feature_order
+        self._transform = FeatureTransform(prompt_components, response_components, seed, feature_order)
         self._dims: tuple[int, int, int] | None = None  # (Hp, Hr, S) seen at fit time
         self._constant: float | None = None  # set when the last fit fell back to a constant
 
@@ -88,6 +90,7 @@ class ValueProbe:
             "prompt_components": self.prompt_components,
             "response_components": self.response_components,
             "seed": self.seed,
+            "feature_order": self.feature_order,
         }
 
     def fit(
@@ -189,7 +192,9 @@ class ValueProbe:
             )
         for key, value in state["config"].items():
             setattr(self, key, value)
-        self._transform = FeatureTransform(self.prompt_components, self.response_components, self.seed)
+        self._transform = FeatureTransform(
+            self.prompt_components, self.response_components, self.seed, self.feature_order
+        )
         self._transform.state = {key: value.clone() for key, value in state["transform"].items()}
         self._dims = tuple(state["dims"]) if state["dims"] is not None else None
         self._constant = state["constant"]
@@ -252,8 +257,8 @@ def ridge_fit(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Ten
 class _LinearHead(ValueProbe):
     """A head with a weight vector and an intercept (ridge, logistic)."""
 
-    def __init__(self, prompt_components: int, response_components: int, seed: int):
-        super().__init__(prompt_components, response_components, seed)
+    def __init__(self, prompt_components: int, response_components: int, seed: int, feature_order: str):
+        super().__init__(prompt_components, response_components, seed, feature_order)
         self._weights = torch.zeros(0, dtype=_DTYPE)
         self._intercept = torch.zeros((), dtype=_DTYPE)
 
@@ -269,8 +274,10 @@ class PCARidgeProbe(_LinearHead):
 
     name = "ridge"
 
-    def __init__(self, *, prompt_components: int, response_components: int, seed: int, alpha: float):
-        super().__init__(prompt_components, response_components, seed)
+    def __init__(
+        self, *, prompt_components: int, response_components: int, seed: int, feature_order: str, alpha: float
+    ):
+        super().__init__(prompt_components, response_components, seed, feature_order)
         if alpha < 0:
             raise ValueError(f"ridge alpha must be >= 0, got {alpha}")
         self.alpha = alpha
@@ -297,9 +304,16 @@ class LogisticProbe(_LinearHead):
     TARGET_EPS = 1e-6
 
     def __init__(
-        self, *, prompt_components: int, response_components: int, seed: int, l2: float, max_iter: int
+        self,
+        *,
+        prompt_components: int,
+        response_components: int,
+        seed: int,
+        feature_order: str,
+        l2: float,
+        max_iter: int,
     ):
-        super().__init__(prompt_components, response_components, seed)
+        super().__init__(prompt_components, response_components, seed, feature_order)
         if l2 < 0 or max_iter < 1:
             raise ValueError(
                 f"logistic probe needs l2 >= 0 and max_iter >= 1, got l2={l2}, max_iter={max_iter}"
@@ -353,13 +367,14 @@ class MLPProbe(ValueProbe):
         prompt_components: int,
         response_components: int,
         seed: int,
+        feature_order: str,
         hidden: int,
         lr: float,
         epochs: int,
         batch_size: int,
         l2: float,
     ):
-        super().__init__(prompt_components, response_components, seed)
+        super().__init__(prompt_components, response_components, seed, feature_order)
         if hidden < 1 or epochs < 1 or batch_size < 1 or lr <= 0 or l2 < 0:
             raise ValueError(
                 "mlp probe needs hidden, epochs, batch_size >= 1, lr > 0 and l2 >= 0; got "

@@ -13,6 +13,11 @@ states of one decoder layer (``(N, Hp)`` and ``(N, Hr)``, H = 2560 on Qwen3-4B) 
 
 ``FeatureTransform.fit_transform`` learns all three on the fit rows only; ``transform`` applies them.
 
+A named alternative, ``order="standardise_first"`` (``poise.probe.feature_order``), is this project's former
+order: standardise every pooled hidden dimension, then PCA, leaving the PCA scores unscaled (so ridge shrinks
+the low-variance components most) and standardising only the scalars. It is kept because on the tiny task it
+predicted held-out pass rates better (``docs/RESULTS.md``); the official order stays the default.
+
 PCA details. A block keeps ``min(requested, rows - 1, features)`` components: centred data of N rows has
 rank at most N - 1, and a further component would be an arbitrary null-space direction (scikit-learn
 keeps min(requested, rows, features); its extra component has zero variance, which step 3 maps to 0, so
@@ -27,7 +32,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["RANDOMIZED_PCA_ABOVE", "FeatureTransform", "pca_components"]
+__all__ = [
+    "FEATURE_ORDERS",
+    "OFFICIAL",
+    "RANDOMIZED_PCA_ABOVE",
+    "STANDARDISE_FIRST",
+    "FeatureTransform",
+    "pca_components",
+]
+
+OFFICIAL = "official"  # PCA of the raw states, then one standardisation of every column
+STANDARDISE_FIRST = "standardise_first"  # standardise each hidden dimension, then PCA; scores unscaled
+FEATURE_ORDERS = (OFFICIAL, STANDARDISE_FIRST)
 
 _DTYPE = torch.float64
 
@@ -85,21 +101,34 @@ def _scale(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return torch.where(constant, torch.ones_like(std), std)
 
 
+def _column_stats(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and scale (population std, 1 for a constant column) of each column; identity with no rows."""
+    if block.shape[0] == 0:  # no rows: an identity transform, so shapes still work downstream
+        return torch.zeros(block.shape[1], dtype=_DTYPE), torch.ones(block.shape[1], dtype=_DTYPE)
+    mean = block.mean(0)
+    return mean, _scale(block.std(0, correction=0), mean)
+
+
 class FeatureTransform:
-    """PCA of the raw pooled states, concatenation with the scalars, one standardisation.
+    """PCA of the raw pooled states, concatenation with the scalars, one standardisation (or, by name, the
+    former order: see the module docstring).
 
     Args:
         prompt_components: PCA dims kept of the pooled prompt states (official: 32).
         response_components: PCA dims kept of the pooled response states (official: 64).
         seed: seed of the randomised PCA (official ``random_seed``: 42).
+        order: ``"official"`` or ``"standardise_first"``.
     """
 
-    def __init__(self, prompt_components: int, response_components: int, seed: int):
+    def __init__(self, prompt_components: int, response_components: int, seed: int, order: str):
         if prompt_components < 0 or response_components < 0:
             raise ValueError("the numbers of PCA components must be >= 0")
+        if order not in FEATURE_ORDERS:
+            raise ValueError(f"feature order {order!r}: choose one of {list(FEATURE_ORDERS)}")
         self.prompt_components = prompt_components
         self.response_components = response_components
         self.seed = seed
+        self.order = order
         self.state: dict[str, torch.Tensor] = {}
 
     def _pca_fit(self, block: torch.Tensor, requested: int, prefix: str) -> torch.Tensor:
@@ -113,32 +142,32 @@ class FeatureTransform:
     ) -> torch.Tensor:
         """Learn the transform on ``(N, Hp)``, ``(N, Hr)``, ``(N, S)`` float64 rows; returns x ``(N, D)``."""
         self.state = {}
-        joined = torch.cat(
-            [
-                self._pca_fit(prompt, self.prompt_components, "prompt"),
-                self._pca_fit(response, self.response_components, "response"),
-                scalar,
-            ],
-            dim=1,
-        )
-        if joined.shape[0] > 0:
-            mean = joined.mean(0)
-            scale = _scale(joined.std(0, correction=0), mean)
-        else:  # no rows: an identity transform, so shapes still work downstream
-            mean, scale = (
-                torch.zeros(joined.shape[1], dtype=_DTYPE),
-                torch.ones(joined.shape[1], dtype=_DTYPE),
-            )
+        scores = []
+        for prefix, block, requested in (
+            ("prompt", prompt, self.prompt_components),
+            ("response", response, self.response_components),
+        ):
+            if self.order == STANDARDISE_FIRST:
+                mean, scale = _column_stats(block)
+                self.state[f"{prefix}_input_mean"], self.state[f"{prefix}_input_scale"] = mean, scale
+                block = (block - mean) / scale
+            scores.append(self._pca_fit(block, requested, prefix))
+        joined = torch.cat([*scores, scalar], dim=1)
+        mean, scale = _column_stats(joined)
+        if self.order == STANDARDISE_FIRST:  # the PCA scores stay unscaled; only the scalars are standardised
+            width = sum(block.shape[1] for block in scores)
+            mean[:width], scale[:width] = 0.0, 1.0
         self.state["mean"], self.state["scale"] = mean, scale
         return (joined - mean) / scale
 
     def transform(self, prompt: torch.Tensor, response: torch.Tensor, scalar: torch.Tensor) -> torch.Tensor:
         """Apply the learned transform to new float64 rows."""
         state = self.state
-        parts = [
-            (block - state[f"{prefix}_mean"]) @ state[f"{prefix}_components"].T
-            for prefix, block in (("prompt", prompt), ("response", response))
-        ]
+        parts = []
+        for prefix, block in (("prompt", prompt), ("response", response)):
+            if f"{prefix}_input_mean" in state:
+                block = (block - state[f"{prefix}_input_mean"]) / state[f"{prefix}_input_scale"]
+            parts.append((block - state[f"{prefix}_mean"]) @ state[f"{prefix}_components"].T)
         joined = torch.cat([*parts, scalar], dim=1)
         return (joined - state["mean"]) / state["scale"]
 

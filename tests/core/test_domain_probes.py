@@ -15,7 +15,7 @@ CAPACITY = {"math": 400, "code": 400, "other": 400}
 
 
 def make_probe():
-    return PCARidgeProbe(prompt_components=4, response_components=4, seed=0, alpha=1.0)
+    return PCARidgeProbe(prompt_components=4, response_components=4, seed=0, feature_order="official", alpha=1.0)
 
 
 def rows(domain_sign, count, seed):

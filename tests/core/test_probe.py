@@ -14,7 +14,7 @@ from poise_verl.core.probe import PROBE_REGISTRY, LogisticProbe, PCARidgeProbe, 
 from poise_verl.core.probe_features import pca_components
 
 SETTINGS = default_poise_settings().probe  # the Hydra tree's defaults (the official values)
-SHARED = {"prompt_components": 32, "response_components": 64, "seed": 42}
+SHARED = {"prompt_components": 32, "response_components": 64, "seed": 42, "feature_order": "official"}
 HEADS = {
     "ridge": {"alpha": 100.0},
     "logistic": {"l2": 100.0, "max_iter": 500},
@@ -155,6 +155,51 @@ def test_ridge_probe_equals_the_official_scikit_learn_pipeline(seed, rows):
     np.testing.assert_allclose(ours, official, atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_standardise_first_order_equals_its_scikit_learn_pipeline(seed):
+    """poise.probe.feature_order=standardise_first: StandardScaler -> PCA per hidden-state block (scores left
+    unscaled), StandardScaler on the scalars, concatenate -> Ridge, clipped to [0, 1]; and it is a different
+    probe from the official order on the same rows."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    prompt, response, scalar, targets, _ = synthetic(seed, rows=120)
+    probe = ridge(feature_order="standardise_first")
+    probe.fit(prompt, response, scalar, targets)
+    blocks = [
+        (StandardScaler().fit(b.double().numpy()), b, k) for b, k in ((prompt, 32), (response, 64), (scalar, 0))
+    ]
+    pcas = [PCA(n_components=k, svd_solver="full").fit(sc.transform(b.double().numpy())) if k else None
+            for sc, b, k in blocks]
+
+    def features(*parts):
+        out = []
+        for (scaler, _, _), pca, part in zip(blocks, pcas, parts, strict=True):
+            z = scaler.transform(part.double().numpy())
+            out.append(pca.transform(z) if pca is not None else z)
+        return np.concatenate(out, 1)
+
+    model = Ridge(alpha=100.0).fit(features(prompt, response, scalar), targets.double().numpy())
+    test = synthetic(seed + 50, rows=40)[:3]
+    expected = np.clip(model.predict(features(*test)), 0, 1)
+    ours = probe.predict(*test).double().numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    official = ridge()
+    official.fit(prompt, response, scalar, targets)
+    assert np.abs(official.predict(*test).double().numpy() - ours).max() > 1e-3
+    # The order travels with a saved probe.
+    restored = ridge()
+    restored.load_state_dict(probe.state_dict())
+    assert restored.feature_order == "standardise_first"
+    np.testing.assert_allclose(restored.predict(*test).double().numpy(), ours)
+
+
+def test_an_unknown_feature_order_is_refused():
+    with pytest.raises(ValueError, match="feature order 'whitened'"):
+        ridge(feature_order="whitened")
+
+
 def test_components_fewer_features_than_requested():
     prompt, response, scalar, targets, _ = synthetic(0, rows=100, hp=5, hr=7)
     metrics = ridge().fit(prompt, response, scalar, targets)
@@ -208,7 +253,9 @@ def test_probes_learn_the_signal(name):
 def test_logistic_solution_is_stationary():
     """At the LBFGS solution the official sigmoid-BCE objective's gradient (written here in numpy) vanishes."""
     prompt, response, scalar, targets, _ = synthetic(6, rows=150, hp=6, hr=6)
-    probe = LogisticProbe(prompt_components=4, response_components=4, seed=0, l2=2.0, max_iter=500)
+    probe = LogisticProbe(
+        prompt_components=4, response_components=4, seed=0, feature_order="official", l2=2.0, max_iter=500
+    )
     probe.fit(prompt, response, scalar, targets)
     state = probe.state_dict()
     transform = state["transform"]
