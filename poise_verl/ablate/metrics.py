@@ -78,7 +78,9 @@ def validation_accuracy(frame: pd.DataFrame, metric: str | None = None) -> pd.Se
 
 
 def add_derived_columns(frame: pd.DataFrame, config: AlgoConfig, metric: str | None = None) -> pd.DataFrame:
-    """``val_accuracy``, ``train_wall_clock_s`` and ``generated_tokens`` (both cumulative, 0 at step 0).
+    """``val_accuracy``, ``train_wall_clock_s``, ``steps_wall_clock_s`` and ``generated_tokens`` (cumulative, 0
+    at step 0). ``train_wall_clock_s`` counts the training steps and the validations, ``steps_wall_clock_s`` the
+    training steps alone (every algorithm validates the same prompts, so validation time dilutes their ratios).
 
     Generated rollouts per step: the budget, plus n for each group DAPO's dynamic sampling dropped (verl
     logs their count); their lengths are not logged, so tokens use the kept rollouts' mean length for them.
@@ -92,6 +94,7 @@ def add_derived_columns(frame: pd.DataFrame, config: AlgoConfig, metric: str | N
 
     step_seconds = (column("timing_s/step") + column("timing_s/testing")).where(training, 0.0)
     frame["train_wall_clock_s"] = step_seconds.cumsum()
+    frame["steps_wall_clock_s"] = column("timing_s/step").where(training, 0.0).cumsum()
     dropped_groups = sum((column(key) for key in DROPPED_GROUP_KEYS), pd.Series(0.0, index=frame.index))
     frame["generated_rollouts"] = (config.rollouts_per_step + config.n * dropped_groups).where(training, 0.0)
     tokens = (column("response_length/mean") * frame["generated_rollouts"]).where(training, 0.0)
@@ -145,7 +148,8 @@ class RunResult:
         return float(accuracy.iloc[-1]), int(accuracy.index[-1])
 
     def first_reaching(self, target: float) -> dict | None:
-        """Step, training wall-clock and tokens at the first validation at or above ``target``."""
+        """Step, training wall-clock (with and without validations) and tokens at the first validation at or
+        above ``target``."""
         reached = self.accuracy[self.accuracy >= target - 1e-12]
         if reached.empty:
             return None
@@ -153,6 +157,7 @@ class RunResult:
         return {
             "step": step,
             "wall_clock_s": float(self.frame.loc[step, "train_wall_clock_s"]),
+            "steps_wall_clock_s": float(self.frame.loc[step, "steps_wall_clock_s"]),
             "tokens": float(self.frame.loc[step, "generated_tokens"]),
         }
 

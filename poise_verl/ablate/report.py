@@ -11,7 +11,7 @@ from poise_verl.ablate.metrics import RunResult
 from poise_verl.ablate.plan import AlgoConfig
 from poise_verl.ablate.selection import ACTIVE as SELECTION_ACTIVE
 from poise_verl.ablate.selection import summarise_selection
-from poise_verl.ablate.statistics import PHASES, PROBE_WINDOW, summarise
+from poise_verl.ablate.statistics import PHASES, PROBE_WINDOW, RATIO_KEYS, summarise
 
 # One validation's binomial standard error an ablation needs to tell the algorithms apart on the tiny task:
 # at most 1.2 accuracy points (512 validation prompts give about 2.2 there, more than the gaps measured).
@@ -189,6 +189,11 @@ def mean_sd_text(stats: dict) -> str:
     return fmt(stats["mean"]) + ("" if stats["sd"] is None else f" ± {fmt(stats['sd'])}")
 
 
+def time_to_target(hit: dict) -> str:
+    """'<with validations> (<without>) (step N)' for a table cell."""
+    return f"{fmt_seconds(hit['wall_clock_s'])} ({fmt_seconds(hit['steps_wall_clock_s'])}) (step {hit['step']})"
+
+
 def render_markdown(summary: dict, plots: list[str]) -> str:
     """summary.md: the tables, the plots and the caveats of ``summary``."""
     target = summary["target_accuracy"]
@@ -204,7 +209,9 @@ def render_markdown(summary: dict, plots: list[str]) -> str:
         f"Accuracy: {summary['accuracy_metric']}.",
         (
             "Wall-clock: training wall-clock reconstructed from the metrics (cumulative timing_s/step + "
-            "timing_s/testing); process wall-clock (start-up included, all launches) in the last column."
+            "timing_s/testing), in brackets without the validations (cumulative timing_s/step: every algorithm "
+            "validates the same prompts, so their time dilutes the ratios); process wall-clock (start-up "
+            "included, all launches) in the last column."
         ),
     ]
     if summary.get("validation"):
@@ -226,23 +233,26 @@ def render_markdown(summary: dict, plots: list[str]) -> str:
             or "n/a"
         )
         hit, missing = s["to_target"], "not reached" if s["runs"] else "no runs"
-        to_time = f"{fmt_seconds(hit['wall_clock_s'])} (step {hit['step']})" if hit else missing
+        to_time = time_to_target(hit) if hit else missing
         to_tokens = fmt_count(hit["tokens"]) if hit else missing
         lines.append(
             f"| {algo} | {len(s['runs'])} | {mean_sd_text(s['start_accuracy'])} | "
             f"{mean_sd_text(s['final_accuracy'])} | {per_seed} | {to_time} | {to_tokens} | "
-            f"{s['seeds_reaching_target']}/{len(s['runs'])} | {fmt_seconds(s['train_wall_clock_s']['mean'])} | "
+            f"{s['seeds_reaching_target']}/{len(s['runs'])} | {fmt_seconds(s['train_wall_clock_s']['mean'])} "
+            f"({fmt_seconds(s['steps_wall_clock_s']['mean'])}) | "
             f"{fmt_seconds(s['process_wall_clock_s']['mean'])} |"
         )
     lines += ["", "\\* unfinished run. Time and tokens to target: on the mean-over-seeds curve.", ""]
     if summary["ratios"]:
         lines += ["## Ratios to DAPO (time / tokens to reach the target)", ""]
         for name, ratio in summary["ratios"].items():
-            wall, tokens = (
-                "n/a" if ratio[key] is None else f"{ratio[key]:.2f}x" for key in ("wall_clock_s", "tokens")
+            wall, steps_only, tokens = (
+                "n/a" if ratio[key] is None else f"{ratio[key]:.2f}x" for key in RATIO_KEYS
             )
             note = f" ({ratio['note']})" if ratio["note"] else ""
-            lines.append(f"- {name}: wall-clock {wall}, tokens {tokens}{note}")
+            lines.append(
+                f"- {name}: wall-clock {wall} ({steps_only} without validations), tokens {tokens}{note}"
+            )
         lines += [
             "",
             (
@@ -265,8 +275,9 @@ def render_markdown(summary: dict, plots: list[str]) -> str:
             hit = p["to_target"]
             lines.append(
                 f"| {algo} | {p['seed']} | {p['last_step']}{'' if p['finished'] else '*'} | "
-                f"{fmt_seconds(hit['wall_clock_s']) + ' (step ' + str(hit['step']) + ')' if hit else 'not reached'} | "
-                f"{fmt_count(hit['tokens']) if hit else 'not reached'} | {fmt_seconds(p['train_wall_clock_s'])} | "
+                f"{time_to_target(hit) if hit else 'not reached'} | "
+                f"{fmt_count(hit['tokens']) if hit else 'not reached'} | {fmt_seconds(p['train_wall_clock_s'])} "
+                f"({fmt_seconds(p['steps_wall_clock_s'])}) | "
                 f"{fmt_seconds(p['process_wall_clock_s'])} | {p['launches']} |"
             )
     lines += [

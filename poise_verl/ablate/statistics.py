@@ -12,6 +12,8 @@ from poise_verl.ablate.metrics import RunResult
 
 # verl's per-phase timings worth comparing across algorithms (median over the run's steps, seconds).
 PHASES = ("step", "gen", "old_log_prob", "update_actor", "testing")
+# What time to target is divided by DAPO's in: training wall-clock with validations, without, and tokens.
+RATIO_KEYS = ("wall_clock_s", "steps_wall_clock_s", "tokens")
 PROBE_WINDOW = 10  # training steps at the end of a run over which the probe's Pearson is averaged
 
 
@@ -64,6 +66,7 @@ def mean_curve_reaching(results: list[RunResult], target: float) -> dict | None:
     """First step where the seeds' mean validation accuracy reaches ``target`` (steps every seed validated)."""
     frames = [r.frame for r in results]
     accuracy = seed_band(frames, "val_accuracy", "train_wall_clock_s")
+    steps_only = seed_band(frames, "val_accuracy", "steps_wall_clock_s")
     tokens = seed_band(frames, "val_accuracy", "generated_tokens")
     hits = accuracy.index[accuracy["y_mean"] >= target - 1e-12]
     if len(hits) == 0:
@@ -72,6 +75,7 @@ def mean_curve_reaching(results: list[RunResult], target: float) -> dict | None:
     return {
         "step": int(accuracy.loc[row, "step"]),
         "wall_clock_s": float(accuracy.loc[row, "x_mean"]),
+        "steps_wall_clock_s": float(steps_only.loc[row, "x_mean"]),
         "tokens": float(tokens.loc[row, "x_mean"]),
         "mean_accuracy": float(accuracy.loc[row, "y_mean"]),
     }
@@ -131,6 +135,7 @@ def run_summary(r: RunResult, target: float | None) -> dict:
         "final_accuracy": final,
         "final_step": final_step,
         "train_wall_clock_s": float(r.frame["train_wall_clock_s"].iloc[-1]),
+        "steps_wall_clock_s": float(r.frame["steps_wall_clock_s"].iloc[-1]),
         "process_wall_clock_s": r.process_wall_clock_s,
         "generated_tokens": float(r.frame["generated_tokens"].iloc[-1]),
         "to_target": r.first_reaching(target) if target is not None else None,
@@ -160,7 +165,7 @@ def ratios_to_reference(algorithms: dict[str, dict], algos: list[str]) -> dict[s
         mine = algorithms[algo]["to_target"]
         ratio = {
             key: (mine[key] / reference[key] if mine and reference and reference[key] > 0 else None)
-            for key in ("wall_clock_s", "tokens")
+            for key in RATIO_KEYS
         }
         notes = [
             f"{a}: {no_time_reason(algorithms[a])}" for a in (algo, REFERENCE_ALGO) if no_time_reason(algorithms[a])
@@ -188,6 +193,7 @@ def summarise(results: list[RunResult], algos: list[str], target_accuracy: float
             "start_accuracy": mean_sd([p["start_accuracy"] for p in per_run]),
             "final_accuracy": finals[algo],
             "train_wall_clock_s": mean_sd([p["train_wall_clock_s"] for p in per_run]),
+            "steps_wall_clock_s": mean_sd([p["steps_wall_clock_s"] for p in per_run]),
             "process_wall_clock_s": mean_sd([p["process_wall_clock_s"] for p in per_run]),
             "to_target": mean_curve_reaching(rs, value) if rs and value is not None else None,
             "seeds_reaching_target": sum(p["to_target"] is not None for p in per_run),
@@ -198,7 +204,8 @@ def summarise(results: list[RunResult], algos: list[str], target_accuracy: float
         "accuracy_metric": "mean over data sources of val-core/<source>/acc/mean@<n> (reward where no acc)",
         "spread": "min-max over seeds (plots); sample sd over seeds (tables)",
         "wall_clock": "train_wall_clock_s: cumulative timing_s/step + timing_s/testing from the metrics (no start-up, "
-        "no initial validation); process_wall_clock_s: measured around the subprocesses, all launches",
+        "no initial validation); steps_wall_clock_s: the same without the validations (cumulative timing_s/step); "
+        "process_wall_clock_s: measured around the subprocesses, all launches",
         "tokens": "cumulative response_length/mean x generated rollouts per step (budget + n x DAPO's dropped groups)",
         "algorithms": algorithms,
         "ratios": ratios_to_reference(algorithms, algos),

@@ -115,10 +115,15 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
     assert poise["to_target"]["step"] == 4 and dapo["to_target"]["step"] == 4
     assert poise["to_target"]["wall_clock_s"] == pytest.approx(7.0)
     assert dapo["to_target"]["wall_clock_s"] == pytest.approx(14.0)
+    # Without the validations: POISE (4 x 1 + 4 x 2) / 2 = 6 s, DAPO 4 x 3 = 12 s.
+    assert poise["to_target"]["steps_wall_clock_s"] == pytest.approx(6.0)
+    assert dapo["to_target"]["steps_wall_clock_s"] == pytest.approx(12.0)
+    assert [r["steps_wall_clock_s"] for r in poise["runs"]] == pytest.approx([4.0, 8.0])
     assert poise["to_target"]["tokens"] == pytest.approx(640.0)
     assert dapo["to_target"]["tokens"] == pytest.approx((1600.0 + 1280.0) / 2)
     ratio = summary["ratios"]["poise/dapo"]
     assert ratio["wall_clock_s"] == pytest.approx(0.5)
+    assert ratio["steps_wall_clock_s"] == pytest.approx(0.5)
     assert ratio["tokens"] == pytest.approx(640.0 / 1440.0)
 
     # Phase medians: seconds per step and per validation as written; phases the metrics lack stay None.
@@ -131,7 +136,7 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
     assert dapo["runs"][0]["probe_pearson_last_steps"] is None
 
     # Per seed: POISE seed 1 ends at 0.6 and never reaches 0.65.
-    assert poise["runs"][0]["to_target"] == {"step": 4, "wall_clock_s": 5.0, "tokens": 640.0}
+    assert poise["runs"][0]["to_target"] == {"step": 4, "wall_clock_s": 5.0, "steps_wall_clock_s": 4.0, "tokens": 640.0}
     assert poise["runs"][1]["to_target"] is None
     assert poise["seeds_reaching_target"] == 1
 
@@ -157,7 +162,7 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
     assert (
         "0.650 ± 0.071" in markdown
         and "not reached" in markdown
-        and "poise/dapo: wall-clock 0.50x" in markdown
+        and "poise/dapo: wall-clock 0.50x (0.50x without validations)" in markdown
     )
     assert "| poise | 1.50 | n/a | n/a | n/a | 0.50 | 0: 0.50, 1: 0.50 |" in markdown
     assert "poise seed 0 0.300, seed 1 0.300." in markdown
@@ -174,6 +179,7 @@ def test_an_unreachable_target_is_reported_as_not_reached(tmp_path):
         assert summary["algorithms"][algo]["seeds_reaching_target"] == 0
     assert summary["ratios"]["poise/dapo"] == {
         "wall_clock_s": None,
+        "steps_wall_clock_s": None,
         "tokens": None,
         "note": "poise: not reached; dapo: not reached",
     }
@@ -210,6 +216,7 @@ def test_a_resumed_launch_replaces_the_steps_it_redid(tmp_path):
     derived = add_derived_columns(frame, algo_config(n=2))
     # 1 + (1 + 0.5) + 2 + (2 + 0.5): the lost 9 s of the interrupted step 3 are not training time.
     assert list(derived["train_wall_clock_s"]) == pytest.approx([0.0, 1.0, 2.5, 4.5, 7.0])
+    assert list(derived["steps_wall_clock_s"]) == pytest.approx([0.0, 1.0, 2.0, 4.0, 6.0])
 
 
 def test_validation_accuracy_averages_data_sources_and_prefers_acc(tmp_path):

@@ -110,8 +110,12 @@ def test_selection_table_ratios_and_figure_match_hand_computed_values(tmp_path):
     for algo, seconds in (("poise", 3.5), ("poise_select", 3.5), ("poise_history", 2.5), ("dapo", 7.0)):
         hit = summary["algorithms"][algo]["to_target"]
         assert hit["step"] == 2 and hit["wall_clock_s"] == pytest.approx(seconds), algo
-    for algo, ratio in (("poise", 0.5), ("poise_select", 0.5), ("poise_history", 2.5 / 7)):
+    # Without the validation: DAPO 6 s, poise 3 s, poise_select 3 s, poise_history 2 s.
+    for algo, seconds in (("poise", 3.0), ("poise_select", 3.0), ("poise_history", 2.0), ("dapo", 6.0)):
+        assert summary["algorithms"][algo]["to_target"]["steps_wall_clock_s"] == pytest.approx(seconds), algo
+    for algo, ratio, steps_only in (("poise", 0.5, 0.5), ("poise_select", 0.5, 0.5), ("poise_history", 2.5 / 7, 2 / 6)):
         assert summary["ratios"][f"{algo}/dapo"]["wall_clock_s"] == pytest.approx(ratio), algo
+        assert summary["ratios"][f"{algo}/dapo"]["steps_wall_clock_s"] == pytest.approx(steps_only), algo
         assert summary["ratios"][f"{algo}/dapo"]["tokens"] == pytest.approx(320.0 / 640.0), algo
 
     selection = summary["selection"]
@@ -155,8 +159,8 @@ def test_selection_table_ratios_and_figure_match_hand_computed_values(tmp_path):
         "not logged | not logged | 0.010 ± 0.000 (0.01 s / 1 s) |" in table
     assert "| dapo |" not in table
     assert "poise_select 3.00e-06." in table
-    assert "- poise_select/dapo: wall-clock 0.50x, tokens 0.50x" in markdown
-    assert "- poise_history/dapo: wall-clock 0.36x, tokens 0.50x" in markdown
+    assert "- poise_select/dapo: wall-clock 0.50x (0.50x without validations), tokens 0.50x" in markdown
+    assert "- poise_history/dapo: wall-clock 0.36x (0.33x without validations), tokens 0.50x" in markdown
     assert any("poise_select, poise_history generate the budget's rollouts" in n for n in summary["caveats"])
 
     # The figure: realised share per step of the three POISE variants (mean over seeds), e.g. poise_select
