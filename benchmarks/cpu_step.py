@@ -2,14 +2,15 @@
 
     python -m benchmarks.cpu_step [--steps 10] [--algos grpo,poise] [--out outputs/cpu_step.json] [-- OVERRIDES...]
 
-In one invocation, on the built tiny assets (``~/.cache/poise_verl/tiny-v1``, built on first use):
+In one invocation, on the tiny assets the package ships (or ``$POISE_VERL_CACHE``'s build):
 
 1. the plain loop of :mod:`benchmarks.plain_loop` (8 prompts x 16 samples with ``generate``, the project's
    reward, group-normalised advantages, one clipped token-mean forward/backward and AdamW step), at 1 and at
    2 torch threads;
 2. ``python -m poise_verl.main algo=grpo`` and ``python -m poise_verl.main`` (POISE), each for ``--steps``
    steps of the tiny default (128 rollouts per step) with validation and checkpoints off, as a user launches
-   them, one after the other (``-- OVERRIDES`` go to both);
+   them, one after the other (``-- OVERRIDES`` go to both); ``--algos`` adds ``dapo``, ``poise_select`` (POISE
+   with prompt selection, ``poise.selection.mode=probe``) and ``poise_history`` (the history filter);
 3. the plain loop again: a gap between its two runs shows that the machine's load changed meanwhile.
 
 It reports the median step time over steps 3 and later of each (the first two carry one-off warm-up): verl's
@@ -17,8 +18,9 @@ It reports the median step time over steps 3 and later of each (the first two ca
 the ratios GRPO/plain (the plain step at its faster thread count) and POISE/GRPO; the median of each of
 verl's ``timing_s/*`` phases (from the run's metrics JSONL); CPU seconds per process over the same steps
 (the machine has 2 cores: what no process uses is time spent waiting); and start-up: launch until step 1
-begins (step 1's log time minus its own duration). Ratios are the result; absolute seconds depend on the
-machine and its load (the load average is recorded before and after).
+begins (step 1's log time minus its own duration); for the selecting runs, the choosing's share of a step
+(median ``timing_s/select`` over the median step, on the steps that selected). Ratios are the result;
+absolute seconds depend on the machine and its load (the load average is recorded before and after).
 
 To measure another version of the code with the same benchmark, put these three files into a copy of it
 (``git archive COMMIT | tar -x -C DIR``) and run ``PYTHONPATH=DIR python -m benchmarks.cpu_step`` from DIR.
@@ -49,7 +51,13 @@ RUN_OVERRIDES = [
     "trainer.save_freq=-1",
     "trainer.logger=[console,file]",
 ]
-ALGO_ARGS = {"grpo": ["algo=grpo"], "poise": [], "dapo": ["algo=dapo"]}
+ALGO_ARGS = {
+    "grpo": ["algo=grpo"],
+    "poise": [],
+    "dapo": ["algo=dapo"],
+    "poise_select": ["poise.selection.mode=probe"],
+    "poise_history": ["poise.selection.mode=history"],
+}
 
 
 def load_average() -> list[float]:
@@ -73,6 +81,19 @@ def median_phases(metrics: dict[int, dict[str, float]], steps: list[int]) -> dic
         key[len("timing_s/") :]: statistics.median(metrics[step][key] for step in steps if key in metrics[step])
         for key in keys
     }
+
+
+def selection_share(metrics: dict[int, dict[str, float]], steps: list[int]) -> dict:
+    """The share of a step spent choosing prompts (median ``timing_s/select`` over the median step), on the
+    steps among ``steps`` that chose; empty for a run that never chose."""
+    chose = [
+        s for s in steps if metrics[s].get("poise/selection/active") == 1 and "timing_s/select" in metrics[s]
+    ]
+    if not chose:
+        return {}
+    select = statistics.median(metrics[s]["timing_s/select"] for s in chose)
+    step = statistics.median(metrics[s]["timing_s/step"] for s in chose)
+    return {"select_share_of_step": select / step, "selecting_steps": len(chose)}
 
 
 def run_entry_point(algo: str, steps: int, workdir: Path, overrides: list[str], timeout: float) -> dict:
@@ -136,6 +157,7 @@ def run_entry_point(algo: str, steps: int, workdir: Path, overrides: list[str], 
         "wall_s": wall,
         "reward_mean": {step: metrics[step].get("critic/score/mean") for step in step_times},
     }
+    result.update(selection_share(metrics, steady))
     first, last = f"step{FIRST_STEADY_STEP - 1}", f"step{steps}"
     if first in watch.marks and last in watch.marks:
         window, per_process = watch.cpu_between(first, last)
@@ -241,7 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--plain-threads", default="1,2", help="torch thread counts the plain loop runs at (each before and after)"
     )
-    parser.add_argument("--algos", default="grpo,poise", help="comma-separated: grpo, poise, dapo")
+    parser.add_argument(
+        "--algos", default="grpo,poise", help="comma-separated: grpo, poise, dapo, poise_select, poise_history"
+    )
     parser.add_argument("--out", default="outputs/cpu_step.json", help="the results as JSON (outputs/ is git-ignored)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per entry-point run")
     args = parser.parse_args(argv)
@@ -284,6 +308,11 @@ def main(argv: list[str] | None = None) -> dict:
             results["ratios"][f"{algo.upper()} / plain"] = median[algo] / median["plain"]
     if "poise" in median and "grpo" in median:
         results["ratios"]["POISE / GRPO"] = median["poise"] / median["grpo"]
+    for algo in ("poise_select", "poise_history"):
+        if algo in median and "poise" in median:
+            results["ratios"][f"{algo} / POISE"] = median[algo] / median["poise"]
+        if "select_share_of_step" in results["runs"].get(algo, {}):
+            results["ratios"][f"{algo}: choosing / step"] = results["runs"][algo]["select_share_of_step"]
     results["summary_md"] = report(results)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

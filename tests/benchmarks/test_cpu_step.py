@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from benchmarks.cpu_step import combine_plain, median_phases, read_metrics, report
+from benchmarks.cpu_step import combine_plain, median_phases, read_metrics, report, selection_share
 from benchmarks.plain_loop import (
     CLIP_HIGH,
     CLIP_LOW,
@@ -72,6 +72,17 @@ def test_metrics_are_read_from_every_launch_file_and_summarised(tmp_path):
     metrics = read_metrics(metrics_dir)
     assert sorted(metrics) == [1, 2, 3]
     assert median_phases(metrics, [2, 3]) == {"gen": 1.0, "step": 4.5}
+
+
+def test_the_choosing_share_counts_only_the_steps_that_chose():
+    metrics = {
+        3: {"timing_s/step": 9.0, "poise/selection/active": 0.0},  # probe not fitted yet: no choosing
+        4: {"timing_s/step": 2.0, "timing_s/select": 0.2, "poise/selection/active": 1.0},
+        5: {"timing_s/step": 4.0, "timing_s/select": 0.4, "poise/selection/active": 1.0},
+        6: {"timing_s/step": 3.0, "timing_s/select": 0.3, "poise/selection/active": 1.0},
+    }
+    assert selection_share(metrics, [3, 4, 5, 6]) == {"select_share_of_step": pytest.approx(0.1), "selecting_steps": 3}
+    assert selection_share({3: {"timing_s/step": 2.0}}, [3]) == {}  # plain POISE: nothing to report
 
 
 def test_the_faster_thread_count_is_the_yardstick_and_ratios_are_reported():
