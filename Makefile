@@ -20,10 +20,11 @@ run: $(VENV)/.installed
 
 # Two pytest workers: an end-to-end launch keeps about one core busy (mostly one process importing or
 # working at a time), so two of them side by side finish the suite in about 11 minutes instead of 14 on the
-# 2-core development machine. TEST_WORKERS=0 runs the tests one after another.
+# 2-core development machine. TEST_WORKERS=0 runs the tests one after another. The 15 slowest tests are listed
+# at the end: the suite should stay under 15 minutes on an idle machine.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 # Timings as ratios in one run: feature capture vs the plain forward, probe work vs a step.
 # On a GPU machine: make bench BENCH_ARGS= (the full Qwen3-4B-shaped check, docs/PERFORMANCE.md).
