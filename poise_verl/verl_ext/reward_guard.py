@@ -30,6 +30,7 @@ import inspect
 import logging
 import math
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -223,6 +224,10 @@ def recorded_failure() -> str | None:
     return f"{first}{more}"
 
 
+class _RecordedFailure(Exception):
+    """A reward failure found in the failure log after the trainer returned."""
+
+
 class _Watcher(threading.Thread):
     """Interrupts the driver's main thread (waiting on the trainer) as soon as a failure is recorded."""
 
@@ -243,16 +248,39 @@ class _Watcher(threading.Thread):
                 return
 
 
+def _catch_sigint() -> None:
+    """Let SIGINT raise KeyboardInterrupt in the driver even when the parent left it ignored.
+
+    A shell without job control starts background commands with SIGINT ignored, and Python then installs no
+    handler: ``kill -INT`` would do nothing, and neither would the watcher's ``_thread.interrupt_main`` (which
+    only acts on a signal Python handles), so a failed reward would go unnoticed until the run ended.
+    """
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) in (
+        signal.SIG_IGN,
+        signal.SIG_DFL,
+    ):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextlib.contextmanager
 def stop_cleanly(config):
     """Around verl's ``run_ppo``: a recorded failure or Ctrl-C ends the run, Ray first, the message last."""
+    _catch_sigint()
     watcher = _Watcher()
     watcher.start()
     try:
         yield
-    except BaseException as error:
+        # The trainer can finish before the watcher looks (a short run): a recorded failure still fails the run.
         watcher.stopped.set()
         failure = watcher.failure
+        if failure is None:
+            with contextlib.suppress(Exception):
+                failure = recorded_failure()
+        if failure is not None:
+            raise _RecordedFailure(failure)
+    except BaseException as error:
+        watcher.stopped.set()
+        failure = str(error) if isinstance(error, _RecordedFailure) else watcher.failure
         if failure is None and not isinstance(error, KeyboardInterrupt):
             with contextlib.suppress(Exception):
                 failure = recorded_failure()  # the trainer may have failed on it before the watcher looked

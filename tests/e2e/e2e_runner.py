@@ -46,15 +46,32 @@ class Run:
         return steps
 
 
-def run_main(args: list[str], workdir: Path, timeout: int = 420, small: list[str] = SMALL) -> Run:
+# `python -m poise_verl.main` as a shell without job control starts a background command: SIGINT ignored.
+_MAIN_WITH_SIGINT_IGNORED = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "runpy.run_module('poise_verl.main', run_name='__main__', alter_sys=True)"
+)
+
+
+def _main_command(sigint_ignored: bool) -> list[str]:
+    if sigint_ignored:
+        return [sys.executable, "-c", _MAIN_WITH_SIGINT_IGNORED]
+    return [sys.executable, "-m", "poise_verl.main"]
+
+
+def run_main(
+    args: list[str], workdir: Path, timeout: int = 420, small: list[str] = SMALL, sigint_ignored: bool = False
+) -> Run:
     """`python -m poise_verl.main ARGS` in WORKDIR, checkpoints under WORKDIR/ckpt.
 
     Ray starts its own cluster in a short temp dir, unless ARGS join a running one (ray_init.address).
+    ``sigint_ignored``: start it as a shell without job control starts a background command, with SIGINT
+    ignored (Python then installs no handler for it unless the entry point does).
     """
     ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     checkpoint_dir = workdir / "ckpt"
     command = [
-        sys.executable, "-m", "poise_verl.main", *small, *args,
+        *_main_command(sigint_ignored), *small, *args,
         f"trainer.default_local_dir={checkpoint_dir}",
     ]
     if not any("ray_init.address=" in arg for arg in args):
@@ -154,14 +171,15 @@ class Launch:
         shutil.rmtree(self.ray_dir, ignore_errors=True)
 
 
-def start_main(args: list[str], workdir: Path, small: list[str] = SMALL) -> Launch:
-    """Start `python -m poise_verl.main ARGS` in WORKDIR without waiting (checkpoints under WORKDIR/ckpt)."""
+def start_main(args: list[str], workdir: Path, small: list[str] = SMALL, sigint_ignored: bool = False) -> Launch:
+    """Start `python -m poise_verl.main ARGS` in WORKDIR without waiting (checkpoints under WORKDIR/ckpt);
+    ``sigint_ignored`` as in :func:`run_main`."""
     import uuid
 
     ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     checkpoint_dir = workdir / "ckpt"
     command = [
-        sys.executable, "-m", "poise_verl.main", *small, *args,
+        *_main_command(sigint_ignored), *small, *args,
         f"trainer.default_local_dir={checkpoint_dir}", f"+ray_kwargs.ray_init._temp_dir={ray_dir}",
     ]
     marker = uuid.uuid4().hex

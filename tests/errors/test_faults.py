@@ -72,8 +72,9 @@ def test_kill_mid_checkpoint_resumes_from_the_previous_one_and_ctrl_c_stops_ever
     (torn / "data.pt").unlink()
     (torn / "data.pt").write_bytes(b"torn")  # what a kill mid-write leaves
 
+    # Launched as a script's background job is (SIGINT ignored): Ctrl-C / kill -INT must still stop it.
     second = start_main(
-        [*RUN, "trainer.total_training_steps=100"], tmp_path, small=SMALL_DEFAULT_MICRO_BATCHES
+        [*RUN, "trainer.total_training_steps=100"], tmp_path, small=SMALL_DEFAULT_MICRO_BATCHES, sigint_ignored=True
     )
     try:
         resumed = second.wait_for(_step(4), STEP_BOUND_S)

@@ -42,6 +42,9 @@ def test_a_reward_function_that_raises_is_named_with_the_sample(tiny_assets, tmp
         ],
         tmp_path,
         timeout=600,
+        # As a script's background job starts it: the guard's interrupt of the driver must not depend on an
+        # inherited SIGINT handler (with SIGINT ignored it used to do nothing, and the run exited 0).
+        sigint_ignored=True,
     )
     assert run.returncode != 0
     tail = last_lines(run.log, 4)
