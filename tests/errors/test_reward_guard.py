@@ -103,34 +103,28 @@ def test_an_error_in_verls_manager_is_not_blamed_on_the_function(tiny_assets, tm
     )
 
 
-def test_a_function_that_does_not_return_is_stopped_at_reward_timeout(tiny_assets, tmp_path):
-    reward = _reward_file(
-        tmp_path,
+HANGING = {
+    # An async function is cancelled at reward.timeout.
+    "async, never returns": (
         "import asyncio\n\n\n"
         "async def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
-        "    await asyncio.Event().wait()  # never set\n",
-    )
-    manager = _manager(
-        tiny_assets / "model", f"reward.custom_reward_function.path={reward}", "reward.timeout=0.2"
-    )
-    with pytest.raises(RewardFunctionError) as failed:
-        _score(manager, _sample(tiny_assets / "model", {"ground_truth": "4"}))
-    assert str(failed.value).startswith(
-        f"the reward function compute_score in {reward} did not return within reward.timeout=0.2 s on one sample"
-    )
-
-
-def test_a_synchronous_function_that_hangs_is_stopped_at_reward_timeout(tiny_assets, tmp_path):
-    """verl runs a synchronous function in an executor thread, which cannot be cancelled: the guard stops waiting
-    at reward.timeout and the run ends anyway (the driver then stops Ray). Here the function returns after 3 s,
-    so the test process does not wait on the thread at exit."""
-    reward = _reward_file(
-        tmp_path,
+        "    await asyncio.Event().wait()  # never set\n"
+    ),
+    # verl runs a synchronous function in an executor thread, which cannot be cancelled: the guard stops waiting
+    # at reward.timeout and the run ends anyway (the driver then stops Ray). This one returns after 3 s, so the
+    # test process does not wait on the thread at exit.
+    "sync, returns after 3 s": (
         "import time\n\n\n"
         "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
         "    time.sleep(3)\n"
-        "    return 1.0\n",
-    )
+        "    return 1.0\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(HANGING))
+def test_a_function_that_hangs_is_stopped_at_reward_timeout(tiny_assets, tmp_path, kind):
+    reward = _reward_file(tmp_path, HANGING[kind])
     manager = _manager(
         tiny_assets / "model", f"reward.custom_reward_function.path={reward}", "reward.timeout=0.5"
     )
