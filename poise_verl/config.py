@@ -188,6 +188,7 @@ class PoiseSettings:
     response_pool_until_end_of_thinking: bool
     bootstrap_steps: int
     min_fit_rows: int
+    feature_dump_dir: str | None
     probe: ProbeSettings
     buffer: BufferSettings
     selection: SelectionSettings
@@ -305,6 +306,7 @@ def validate(config: DictConfig) -> None:
             )
         _check_algorithm_keys_under_poise(config.algorithm)
     _check_micro_batches(config, n)
+    _check_sequence_parallel_attention(config)
     platform = config.runtime.platform
     if platform not in ("cpu", "gpu"):
         raise ValueError(f"runtime.platform must be 'cpu' or 'gpu', got {platform!r}")
@@ -336,6 +338,30 @@ def _check_algorithm_keys_under_poise(algorithm: DictConfig) -> None:
             "algorithm.rollout_correction.bypass_mode=true skips the old-log-prob forward pass, which is where "
             "POISE reads its features: set it to false (importance weights and rejection sampling still apply)"
         )
+
+
+# The attention implementations verl 0.9.1 makes sequence-parallel (models/transformers/monkey_patch.py).
+SEQUENCE_PARALLEL_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def _check_sequence_parallel_attention(config: DictConfig) -> None:
+    """Ulysses sequence parallelism with an attention verl does not patch gives wrong log-probs, silently.
+
+    verl 0.9.1 splits the packed row across the sequence-parallel ranks and makes attention see the whole
+    sequence by patching flash-attention only; under sdpa or eager each rank attends within its own slice, so
+    the tokens of a sequence cut by a slice boundary lose their prefix (on the CPU platform the old-log-prob
+    entropies were off by 0.1 against a plain forward while verl ran on without a word).
+    """
+    attention = OmegaConf.select(config, "actor_rollout_ref.model.override_config.attn_implementation")
+    for role in ("actor", "ref"):
+        key = f"actor_rollout_ref.{role}.ulysses_sequence_parallel_size"
+        size = OmegaConf.select(config, key) or 1
+        if int(size) > 1 and attention not in SEQUENCE_PARALLEL_ATTENTION:
+            raise ValueError(
+                f"{key}={size} with actor_rollout_ref.model.override_config.attn_implementation={attention}: verl "
+                "makes only flash-attention sequence-parallel, so each rank would attend within its own slice of "
+                f"the sequence and the log-probs would be wrong. Set {key}=1, or use flash_attention_2 (GPU)"
+            )
 
 
 def _check_micro_batches(config: DictConfig, n: int) -> None:

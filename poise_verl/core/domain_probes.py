@@ -51,6 +51,8 @@ class DomainProbes:
         self.min_fit_rows = min_fit_rows
         self.probes: dict[str, ValueProbe] = {domain: make_probe() for domain in self.domains}
         self.num_fits: dict[str, int] = dict.fromkeys(self.domains, 0)
+        # Buffer rows each domain's probe was last fitted on (0: never fitted).
+        self.fit_rows: dict[str, int] = dict.fromkeys(self.domains, 0)
 
     def route(self, domains: Sequence[str]) -> list[str]:
         """The probe domain of each row."""
@@ -102,6 +104,7 @@ class DomainProbes:
                     data.prompt_feats, data.response_feats, data.scalar_feats, data.targets
                 )
                 self.num_fits[domain] += 1
+                self.fit_rows[domain] = int(data.num_rows)
                 out.update({**fit, "refit": 1.0, "num_fits": float(self.num_fits[domain])})
             out["fitted"] = float(self.probes[domain].is_fitted)
             metrics[domain] = out
@@ -111,6 +114,7 @@ class DomainProbes:
         return {
             "domains": {domain: self.probes[domain].state_dict() for domain in self.domains},
             "num_fits": dict(self.num_fits),
+            "fit_rows": dict(self.fit_rows),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -125,3 +129,4 @@ class DomainProbes:
         for domain, probe_state in state["domains"].items():
             self.probes[domain].load_state_dict(probe_state)
         self.num_fits.update({domain: int(count) for domain, count in state["num_fits"].items()})
+        self.fit_rows.update({domain: int(rows) for domain, rows in state.get("fit_rows", {}).items()})

@@ -76,6 +76,10 @@ class ProbeWorker:
         """``(predictions (B,), fitted (B,) bool)``: g_d(phi_i) with each row's domain probe."""
         return self.probes.predict(prompt, response, scalar, domains)
 
+    def fit_rows(self) -> dict[str, int]:
+        """Buffer rows each domain's probe was last fitted on (what a prediction made now has seen)."""
+        return dict(self.probes.fit_rows)
+
     def prompt_fitted_domains(self) -> list[str]:
         return self.prompt_probes.fitted_domains() if self.prompt_probes is not None else []
 

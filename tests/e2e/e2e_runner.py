@@ -88,6 +88,20 @@ def run_main(
     return Run(out.returncode, log, checkpoint_dir)
 
 
+def composed_config(workdir: Path):
+    """The config the newest launch in WORKDIR ran with (Hydra's ``.hydra/config.yaml``), resolved."""
+    from omegaconf import OmegaConf
+
+    from poise_verl.config import register_resolvers
+
+    saved = sorted(workdir.glob("outputs/*/*/.hydra/config.yaml"))
+    assert saved, f"no Hydra config under {workdir}/outputs"
+    register_resolvers()
+    config = OmegaConf.load(saved[-1])
+    OmegaConf.resolve(config)
+    return config
+
+
 def assert_finite(metrics: dict[str, float], keys: list[str]) -> None:
     missing = [k for k in keys if k not in metrics]
     assert not missing, f"missing metric keys {missing}; have {sorted(metrics)}"

@@ -44,6 +44,7 @@ from poise_verl.verl_ext.capture_engine import (
     RESPONSE_FEATURES,
     THINK_TOKEN_KEY,
 )
+from poise_verl.verl_ext.feature_dump import write_step_dump
 from poise_verl.verl_ext.probe_worker import ProbeWorker, ReplayBufferActor
 from poise_verl.verl_ext.step_predictions import StepPredictions, step_predictions
 from poise_verl.verl_ext.trainer.checked_sync import CheckedSyncTrainer, to_list
@@ -148,6 +149,8 @@ class PoiseTrainer(PromptSelection, CheckedSyncTrainer):
         with step_predictions(step):
             batch = super()._compute_advantage(batch, metrics)
         metrics.update(self._poise_metrics(rollouts, predictions, fitted, from_probe))
+        if self.poise.feature_dump_dir:
+            self._dump_step(batch, rollouts, predictions, fitted, from_probe)
         real = rollouts.valid
         metrics.update(
             self._selection_outcome_metrics(
@@ -189,6 +192,33 @@ class PoiseTrainer(PromptSelection, CheckedSyncTrainer):
             scalars=entropy_feature_matrix(stats, self.poise.entropy_features),
             valid=valid,
             empty_responses=int(((response_mask.sum(-1) == 0) & valid).sum()),
+        )
+
+    def _dump_step(self, batch, rollouts: StepRollouts, predictions, fitted, from_probe) -> None:
+        """``poise.feature_dump_dir``: this step's rows as the probes and verl's advantage stage saw them."""
+        data = tq.kv_batch_get(
+            keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts", "responses", "advantages"]
+        )
+        write_step_dump(
+            self.poise.feature_dump_dir,
+            self.global_steps,
+            {
+                "uids": [str(uid) for uid in rollouts.uids],
+                "domains": list(rollouts.domains),
+                "valid": rollouts.valid,
+                "prompt_ids": list(data["prompts"].unbind()),
+                "response_ids": list(data["responses"].unbind()),
+                "rewards": rollouts.rewards,
+                "prompt_features": rollouts.prompt,
+                "response_features": rollouts.response,
+                "entropy_features": rollouts.scalars,
+                "entropy_feature_names": list(self.poise.entropy_features),
+                "predictions": predictions,
+                "fitted": fitted,
+                "from_probe": from_probe,
+                "advantages": list(data["advantages"].unbind()),
+                "probe_rows": ray.get(self.probe_worker.fit_rows.remote()),
+            },
         )
 
     def _announce_rloo_domains(self, rollouts: StepRollouts, fitted: torch.Tensor) -> None:
