@@ -215,6 +215,13 @@ class PoiseSettings:
             raise ValueError(f"poise.pool_last_k must be >= 1, got {self.pool_last_k}")
         if self.bootstrap_steps < 0:
             raise ValueError(f"poise.bootstrap_steps must be >= 0, got {self.bootstrap_steps}")
+        from poise_verl.core.entropy import ENTROPY_FEATURE_NAMES
+
+        unknown = [name for name in self.entropy_features if name not in ENTROPY_FEATURE_NAMES]
+        if unknown:
+            raise ValueError(
+                f"poise.entropy_features: unknown statistic(s) {unknown}; choose from {list(ENTROPY_FEATURE_NAMES)}"
+            )
         if self.min_fit_rows < 2:
             raise ValueError(f"poise.min_fit_rows must be >= 2, got {self.min_fit_rows}")
         if not self.buffer.capacity or any(int(v) <= 0 for v in self.buffer.capacity.values()):
@@ -302,7 +309,8 @@ def validate(config: DictConfig) -> None:
             )
         if n < 2:
             raise ValueError(
-                f"POISE needs >= 2 rollouts per prompt (cross-rollout baseline): got rollout.n={n}"
+                f"actor_rollout_ref.rollout.n={n}: POISE needs at least 2 rollouts per prompt (each rollout's "
+                "baseline is its sibling's prediction). Set actor_rollout_ref.rollout.n=2 (algo=poise does)"
             )
         _check_algorithm_keys_under_poise(config.algorithm)
     _check_micro_batches(config, n)

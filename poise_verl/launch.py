@@ -16,6 +16,7 @@ import sys
 import time
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 
 from poise_verl.config import POISE_ENGINE_VENDOR, TrainerMode, validate
 
@@ -128,11 +129,30 @@ def ensure_tiny_assets_if_used(config: DictConfig) -> None:
         ensure_tiny_assets()
 
 
+def _start_up_problem(error: Exception) -> str:
+    """The message of a start-up check that failed: for a failure inside a resolver (``${poise_div:...}``), the
+    resolver's own words rather than OmegaConf's wrapper around them."""
+    if isinstance(error, InterpolationResolutionError):  # OmegaConf keeps the resolver's error as the context
+        inner = error.__cause__ or error.__context__
+        if isinstance(inner, ValueError | TypeError):
+            error = inner
+    return str(error).strip()
+
+
 def prepare(config: DictConfig) -> DictConfig:
-    """Resolve, validate and attach the runtime environment; returns the config verl will run."""
-    OmegaConf.resolve(config)  # only the driver knows poise-verl's resolvers
-    ensure_tiny_assets_if_used(config)
-    validate(config)
+    """Resolve, validate and attach the runtime environment; returns the config verl will run.
+
+    A configuration that cannot work stops here, before Ray, with the same "stopped before starting Ray" list
+    the data and model checks print, and no traceback (``PreflightError``).
+    """
+    from poise_verl.preflight import PreflightError
+
+    try:
+        OmegaConf.resolve(config)  # only the driver knows poise-verl's resolvers
+        ensure_tiny_assets_if_used(config)
+        validate(config)
+    except (ValueError, TypeError, InterpolationResolutionError) as error:
+        raise PreflightError([_start_up_problem(error)]) from error
     check_hardware(config)
     leave_resources_to_cluster(config)
     with open_dict(config):
