@@ -13,6 +13,7 @@ in record batches, never into pandas.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -51,6 +52,8 @@ def preflight(config: DictConfig) -> None:
     problems += check_model(config, is_poise)
     problems += check_resume(config, is_poise)
     problems += check_reward_function(config)
+    if not problems:  # the files and the tokenizer load: now the prompts' lengths
+        problems += check_prompt_lengths(config)
     if problems:
         raise PreflightError(problems)
 
@@ -282,12 +285,17 @@ def _decoder_layers(folder: Path) -> int | None:
     return None
 
 
-def _check_tokenizer(config: DictConfig, folder: str, shown: str, is_poise: bool) -> list[str]:
+@functools.lru_cache(maxsize=4)
+def _load_tokenizer(folder: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+
+def _check_tokenizer(config: DictConfig, folder: str, shown: str, is_poise: bool) -> list[str]:
     trust = bool(config.actor_rollout_ref.model.get("trust_remote_code", False))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+        tokenizer = _load_tokenizer(folder, trust)
     except Exception as error:  # noqa: BLE001 - reported with the path
         return [f"the tokenizer at {shown} cannot be loaded ({type(error).__name__}: {error})"]
     problems = []
@@ -305,6 +313,97 @@ def _check_tokenizer(config: DictConfig, folder: str, shown: str, is_poise: bool
                 "to the model's end-of-thinking token, or null to use the whole response as the answer part"
             )
     return problems
+
+
+# ------------------------------------------------------------------------------------------- prompt lengths
+# verl 0.9.1's agent loop cuts a prompt longer than rollout.prompt_length (data.max_prompt_length) to its last
+# tokens with one warning in a worker's log, whatever data.truncation says (its RLHFDataset no longer applies it).
+TRUNCATIONS = ("error", "left", "right", "middle")
+
+
+def check_prompt_lengths(config: DictConfig) -> list[str]:
+    """Prompts longer than ``data.max_prompt_length`` once verl's chat template is applied, per data file.
+
+    Every row is measured, with the tokenizer and chat template the rollout uses. Under ``data.truncation=error``
+    (verl's default) an over-long prompt is a problem naming the file, the first such row and its length, unless
+    ``data.filter_overlong_prompts`` drops those rows (verl's dataset does); ``truncation=left`` is what verl's
+    agent loop does anyway (the count is printed); ``right`` and ``middle`` are refused, since verl would still
+    cut on the left. Hub model ids and remote files are left to verl.
+    """
+    data = config.data
+    model = config.actor_rollout_ref.model
+    tokenizer_path = str(model.get("tokenizer_path") or model.path)
+    folder, _ = _local_dir(tokenizer_path, "actor_rollout_ref.model.tokenizer_path")
+    if folder is None:
+        return []
+    tokenizer = _load_tokenizer(folder, bool(model.get("trust_remote_code", False)))
+    limit = int(data.max_prompt_length)
+    truncation = str(data.get("truncation", "error"))
+    dropping = bool(data.get("filter_overlong_prompts", False))
+    prompt_key = str(data.get("prompt_key", "prompt"))
+    template_kwargs = data.get("apply_chat_template_kwargs") or {}
+    if OmegaConf.is_config(template_kwargs):
+        template_kwargs = OmegaConf.to_container(template_kwargs, resolve=True)
+    if truncation not in TRUNCATIONS:
+        return [f"data.truncation={truncation}: choose one of {list(TRUNCATIONS)}"]
+    problems: list[str] = []
+    kept_train_rows = 0
+    for key in ("train_files", "val_files"):
+        for path in _paths(data.get(key)):
+            if _is_remote(path):
+                continue
+            local = os.path.expanduser(path.removeprefix("file://"))
+            lengths = _prompt_lengths(local, prompt_key, tokenizer, template_kwargs)
+            over = [row for row, length in enumerate(lengths) if length > limit]
+            if key == "train_files":
+                kept_train_rows += len(lengths) - (len(over) if dropping else 0)
+            if not over:
+                continue
+            first = over[0]
+            where = (
+                f"data.{key}: {path} row {first} (0-based; {len(over)} of {len(lengths)} rows over the limit) is a "
+                f"prompt of {lengths[first]} tokens with the chat template, longer than data.max_prompt_length={limit}"
+            )
+            if dropping:
+                print(f"poise-verl: {where}; data.filter_overlong_prompts=true drops those rows", flush=True)
+            elif truncation == "left":
+                print(f"poise-verl: {where}; data.truncation=left keeps the last {limit} tokens of each", flush=True)
+            elif truncation == "error":
+                problems.append(
+                    f"{where}, and data.truncation=error. Raise data.max_prompt_length (to {max(lengths)} for "
+                    "every row), set data.filter_overlong_prompts=true to drop such rows, or data.truncation=left to "
+                    "keep the end of each"
+                )
+            else:
+                problems.append(
+                    f"{where}, and data.truncation={truncation}: verl 0.9.1's rollout cuts over-long prompts on the "
+                    "left whatever this says. Set data.truncation=left (or error), data.filter_overlong_prompts=true, "
+                    "or raise data.max_prompt_length"
+                )
+    batch = int(data.train_batch_size)
+    if dropping and not problems and kept_train_rows < batch:
+        problems.append(
+            f"data.train_files: {kept_train_rows} row(s) are within data.max_prompt_length={limit} tokens, fewer than "
+            f"one step's data.train_batch_size={batch}: raise data.max_prompt_length"
+        )
+    return problems
+
+
+def _prompt_lengths(path: str, prompt_key: str, tokenizer, template_kwargs: dict) -> list[int]:
+    """Token count of every row's prompt as verl's rollout builds it (chat template, generation prompt)."""
+    _, batches = _open_table(path, [prompt_key])
+    lengths: list[int] = []
+    for batch in batches:
+        conversations = batch.column(prompt_key).to_pylist()
+        texts = tokenizer.apply_chat_template(
+            conversations, add_generation_prompt=True, tokenize=False, **template_kwargs
+        )
+        backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer: one batched Rust call
+        if backend is not None:
+            lengths += [len(encoding.ids) for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+        else:
+            lengths += [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return lengths
 
 
 # -------------------------------------------------------------------------------------------------- resume

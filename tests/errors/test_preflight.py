@@ -23,6 +23,7 @@ from poise_verl.preflight import (
     PreflightError,
     check_data_file,
     check_model,
+    check_prompt_lengths,
     check_resume,
     check_reward_function,
     preflight,
@@ -211,3 +212,48 @@ def test_reward_function_file_and_name(tmp_path):
     )
     (problem,) = check_reward_function(compose_config(f"{key}.path={tmp_path}/none.py"))
     assert f"reward.custom_reward_function.path={tmp_path}/none.py does not exist" in problem
+
+
+def _with_long_prompt(rows: list[dict], index: int, characters: int) -> list[dict]:
+    rows = [dict(row) for row in rows]
+    rows[index]["prompt"] = [{"role": "user", "content": "1+" * (characters // 2) + "1="}]
+    return rows
+
+
+def test_an_overlong_prompt_under_truncation_error_is_named_with_its_row_and_length(tiny_assets, tmp_path):
+    """verl 0.9.1's rollout cuts an over-long prompt to its last tokens with one warning in a worker's log, whatever
+    data.truncation says; the start-up check measures every prompt as the rollout builds it instead."""
+    from transformers import AutoTokenizer
+
+    rows = _with_long_prompt(_rows(tiny_assets, 80), 5, 800)
+    train = _write(tmp_path / "long.parquet", rows)
+    base = [f"data.train_files={train}", "data.max_prompt_length=16"]
+    (problem,) = check_prompt_lengths(compose_config(*base, "data.truncation=error"))
+    # The length the rollout sees: the tokenizer's chat template with the generation prompt, as verl applies it.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_assets / "model")
+    ids = tokenizer.apply_chat_template(rows[5]["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+    length = len(ids)
+    assert length > 800
+    assert problem.startswith(
+        f"data.train_files: {train} row 5 (0-based; 1 of 80 rows over the limit) is a prompt of {length} tokens "
+        "with the chat template, longer than data.max_prompt_length=16, and data.truncation=error."
+    ), problem
+    assert "data.filter_overlong_prompts=true" in problem and "data.truncation=left" in problem
+
+    # Honoured when the user chose them: verl's dataset drops the rows, or the rollout keeps their end.
+    assert check_prompt_lengths(compose_config(*base, "data.filter_overlong_prompts=true")) == []
+    assert check_prompt_lengths(compose_config(*base, "data.truncation=left")) == []
+    (problem,) = check_prompt_lengths(compose_config(*base, "data.truncation=right"))
+    assert "data.truncation=right: verl 0.9.1's rollout cuts over-long prompts on the left" in problem
+    # Every row within the limit: nothing to say.
+    assert check_prompt_lengths(compose_config(base[0], f"data.max_prompt_length={length}")) == []
+
+
+def test_the_entry_point_refuses_an_overlong_prompt_before_ray(tiny_assets, tmp_path):
+    train = _write(tmp_path / "long.parquet", _with_long_prompt(_rows(tiny_assets, 80), 5, 800))
+    run = run_main([f"data.train_files={train}", "data.truncation=error"], tmp_path, timeout=300)
+    assert run.returncode != 0
+    tail = last_lines(run.log, 2)
+    assert "stopped before starting Ray, 1 problem(s) to fix" in tail, tail
+    assert f"data.train_files: {train} row 5 (0-based; 1 of 80 rows over the limit)" in tail, tail
+    assert "Started a local Ray instance" not in run.log
