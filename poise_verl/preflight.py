@@ -457,7 +457,44 @@ def _check_step_folder(folder: Path, key: str, is_poise: bool) -> list[str]:
                     "new folder"
                 )
             ]
+    broken = _unreadable_archives(folder)
+    if broken:
+        return [_unreadable_checkpoint(folder, broken, key, is_poise)]
     return []
+
+
+def _unreadable_archives(folder: Path) -> list[Path]:
+    """The ``.pt`` files of a checkpoint folder that are not whole torch archives (a write cut short).
+
+    ``torch.save`` writes a zip archive whose directory sits at its end, so a file cut short has none; reading the
+    directory costs a few bytes, whatever the checkpoint's size (a flipped bit inside is not detected).
+    """
+    import zipfile
+
+    return [path for path in sorted(folder.rglob("*.pt")) if path.is_file() and not zipfile.is_zipfile(path)]
+
+
+def _unreadable_checkpoint(folder: Path, broken: list[Path], key: str, is_poise: bool) -> str:
+    step = int(folder.name.rsplit("_", 1)[-1])
+    earlier = sorted(
+        (p for p in _step_folders(folder.parent) if int(p.name.rsplit("_", 1)[-1]) < step),
+        key=lambda p: int(p.name.rsplit("_", 1)[-1]),
+        reverse=True,
+    )
+    whole = next((p for p in earlier if not _check_step_folder(p, key, is_poise)), None)
+    names = ", ".join(str(path.relative_to(folder)) for path in broken)
+    message = (
+        f"{key}: the checkpoint {folder} is unreadable: {names} is not a whole torch archive (its write was cut "
+        "short). "
+    )
+    if whole is not None:
+        message += (
+            f"Resume from the previous checkpoint with the same command plus trainer.resume_mode=resume_path "
+            f"trainer.resume_from_path={whole}, or start fresh with trainer.resume_mode=disable"
+        )
+    else:
+        message += "No earlier checkpoint is whole: start fresh with trainer.resume_mode=disable"
+    return message + " (or a new trainer.default_local_dir)"
 
 
 def _available(parent: Path) -> str:

@@ -59,14 +59,26 @@ def _main_command(sigint_ignored: bool) -> list[str]:
     return [sys.executable, "-m", "poise_verl.main"]
 
 
+def launch_env(temp_dir: str, **extra: str) -> dict[str, str]:
+    """The environment of a launch: the test's own, unbuffered output, wandb offline, and a temp folder of the
+    launch's own (``TMPDIR``: verl's checkpoint lock files, torch's compile cache, sockets), removed after it."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", TMPDIR=temp_dir, **extra)
+
+
 def run_main(
-    args: list[str], workdir: Path, timeout: int = 420, small: list[str] = SMALL, sigint_ignored: bool = False
+    args: list[str],
+    workdir: Path,
+    timeout: int = 420,
+    small: list[str] = SMALL,
+    sigint_ignored: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Run:
     """`python -m poise_verl.main ARGS` in WORKDIR, checkpoints under WORKDIR/ckpt.
 
-    Ray starts its own cluster in a short temp dir, unless ARGS join a running one (ray_init.address).
-    ``sigint_ignored``: start it as a shell without job control starts a background command, with SIGINT
-    ignored (Python then installs no handler for it unless the entry point does).
+    Ray starts its own cluster in a short temp dir, unless ARGS join a running one (ray_init.address); the same
+    dir is the launch's TMPDIR, and goes when the launch ends. ``sigint_ignored``: start it as a shell without
+    job control starts a background command, with SIGINT ignored (Python then installs no handler for it unless
+    the entry point does). ``env``: more environment variables.
     """
     ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     checkpoint_dir = workdir / "ckpt"
@@ -76,10 +88,15 @@ def run_main(
     ]
     if not any("ray_init.address=" in arg for arg in args):
         command.append(f"+ray_kwargs.ray_init._temp_dir={ray_dir}")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline")
     try:
         out = subprocess.run(
-            command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False
+            command,
+            cwd=workdir,
+            env=launch_env(ray_dir, **(env or {})),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
@@ -197,7 +214,7 @@ def start_main(args: list[str], workdir: Path, small: list[str] = SMALL, sigint_
         f"trainer.default_local_dir={checkpoint_dir}", f"+ray_kwargs.ray_init._temp_dir={ray_dir}",
     ]
     marker = uuid.uuid4().hex
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", **{LAUNCH_MARKER: marker})
+    env = launch_env(ray_dir, **{LAUNCH_MARKER: marker})
     log_path = workdir / f"log-{len(list(workdir.glob('log-*')))}.txt"
     with open(log_path, "w") as out:
         process = subprocess.Popen(
@@ -209,3 +226,48 @@ def start_main(args: list[str], workdir: Path, small: list[str] = SMALL, sigint_
 def last_lines(log: str, count: int = 8) -> str:
     """The last COUNT non-empty lines of an output: what a user reads when a run stops."""
     return "\n".join([line for line in log.splitlines() if line.strip()][-count:])
+
+
+def wandb_history(run_dir: Path) -> dict[int, dict[str, float]]:
+    """``{step: {key: value}}`` of the history rows in an offline wandb run folder (``wandb/offline-run-*``).
+
+    The run file is wandb's record log (leveldb's log format: 32 KiB blocks of records, each a CRC, a length, a
+    type, and a protobuf ``Record``); read with wandb's own protobuf classes, no network and no wandb service.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a wandb run file"
+    records, pending, position, block = [], b"", 7, 32768
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:  # a block's tail too short for a record header is padding
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        position += 7
+        if kind == 0:  # zero padding to the end of the block
+            position += left - 7
+            continue
+        chunk = data[position : position + length]
+        position += length
+        if kind == 1:
+            records.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            records.append(pending + chunk)
+    history: dict[int, dict[str, float]] = {}
+    for raw in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") != "history":
+            continue
+        row = {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in record.history.item}
+        history.setdefault(int(row.get("_step", -1)), {}).update(row)
+    return history

@@ -8,11 +8,12 @@ policy's weights moved, a resumed run continues at the next step with its buffer
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import torch
-from e2e_runner import assert_finite, run_main
+from e2e_runner import assert_finite, composed_config, last_lines, run_main, wandb_history
 from safetensors.torch import load_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -49,9 +50,21 @@ def _history(checkpoint) -> dict:
 
 
 def test_poise_trains_saves_and_resumes(tiny_assets, tmp_path):
-    first = run_main(["trainer.total_training_steps=3", "trainer.save_freq=3", *HISTORY], tmp_path)
+    first = run_main(
+        ["trainer.total_training_steps=3", "trainer.save_freq=3", "trainer.logger=[console,file,wandb]", *HISTORY],
+        tmp_path,
+        env={"WANDB_DIR": str(tmp_path)},
+    )
     assert first.returncode == 0, first.log[-4000:]
     metrics = first.metrics()
+    # wandb (offline, as the README says it works) holds the same POISE metrics as the metrics file.
+    (wandb_run,) = (tmp_path / "wandb").glob("offline-run-*")
+    logged = wandb_history(wandb_run)
+    for step in (2, 3):
+        for key in ("poise/probe_pearson", "poise/buffer_rows", "poise/phase_probe"):
+            assert logged[step][key] == pytest.approx(metrics[step][key]), (step, key)
+    (first_metrics_file,) = (first.checkpoint_dir / "metrics").glob("*.jsonl")
+    first_metrics_text = first_metrics_file.read_text()
     assert any(k.startswith("val-core/") for k in metrics[0]), "no validation before training"
     # Step 1 is a bootstrap step (RLOO); from step 2 the probe, fitted on step 1's rows, gives the baselines.
     assert metrics[1]["poise/phase_probe"] == 0.0 and metrics[2]["poise/phase_probe"] == 1.0
@@ -86,6 +99,41 @@ def test_poise_trains_saves_and_resumes(tiny_assets, tmp_path):
     assert_finite(resumed[4], POISE_KEYS)
     after = _history(second.checkpoint_dir / "global_step_4")
     assert set(history) < set(after)  # the restored history, plus step 4's prompts
+    # The first launch's metrics survive the resume: its file is untouched, the second launch wrote its own.
+    assert first_metrics_file.read_text() == first_metrics_text
+    assert len(list((first.checkpoint_dir / "metrics").glob("*.jsonl"))) == 2
+
+    # The evaluation command reads the checkpoint the trainer wrote: the actor's trained weights.
+    from poise_verl.analysis.policy import load_policy
+    from poise_verl.eval import main as evaluate
+
+    step_dir = second.checkpoint_dir / "global_step_4"
+    model, _, layout = load_policy(step_dir)
+    assert layout.kind == "verl"
+    saved = _weights(step_dir / "actor" / "model_world_size_1_rank_0.pt")
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[key], saved[key].to(loaded[key].dtype)) for key in saved if key in loaded)
+    evaluate([
+        str(step_dir), "--data", str(tiny_assets / "data" / "val.parquet"), "--limit", "16", "--k", "2",
+        "--max-new-tokens", "24", "--no-progress", "--output", str(tmp_path / "eval"),
+    ])
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["settings"]["checkpoint_kind"] == "verl"
+    assert summary["results"]
+
+    # A checkpoint cut short (the actor's weights) stops the next launch before Ray, naming the file and the
+    # command that resumes from the previous checkpoint, instead of torch's zip-archive traceback.
+    actor_file = step_dir / "actor" / "model_world_size_1_rank_0.pt"
+    actor_file.write_bytes(actor_file.read_bytes()[: actor_file.stat().st_size // 2])
+    third = run_main(["trainer.total_training_steps=5", *HISTORY], tmp_path, timeout=300)
+    assert third.returncode != 0
+    tail = last_lines(third.log, 2)
+    assert f"the checkpoint {step_dir} is unreadable: actor/model_world_size_1_rank_0.pt is not a whole torch" in tail
+    assert (
+        "Resume from the previous checkpoint with the same command plus trainer.resume_mode=resume_path "
+        f"trainer.resume_from_path={second.checkpoint_dir / 'global_step_3'}" in tail
+    ), tail
+    assert "PytorchStreamReader" not in third.log and "Started a local Ray instance" not in third.log
 
 
 def test_dapo_trains_at_the_same_rollout_budget(tiny_assets, tmp_path):
@@ -97,8 +145,10 @@ def test_dapo_trains_at_the_same_rollout_budget(tiny_assets, tmp_path):
             metrics[step], ["actor/pg_loss", "actor/grad_norm", "critic/score/mean", "timing_s/gen"]
         )
         assert not any(k.startswith("poise/") for k in metrics[step])
-    # 16 rollouts per step, as for POISE: one prompt with n=16.
-    assert "'n': 16" in run.log or "n: 16" in run.log
+    # 16 rollouts per step, as for POISE: one prompt with n=16, in the config the run composed.
+    config = composed_config(tmp_path)
+    assert (config.actor_rollout_ref.rollout.n, config.data.train_batch_size) == (16, 1)
+    assert config.reward.custom_reward_function.reward_kwargs.incorrect_score == -1.0
 
 
 def test_dapo_stops_with_an_error_when_dynamic_sampling_cannot_fill_a_batch(tiny_assets, tmp_path):

@@ -257,3 +257,36 @@ def test_the_entry_point_refuses_an_overlong_prompt_before_ray(tiny_assets, tmp_
     assert "stopped before starting Ray, 1 problem(s) to fix" in tail, tail
     assert f"data.train_files: {train} row 5 (0-based; 1 of 80 rows over the limit)" in tail, tail
     assert "Started a local Ray instance" not in run.log
+
+
+def test_a_checkpoint_cut_short_is_named_with_the_checkpoint_to_resume_instead(tmp_path):
+    import torch
+
+    ckpt = tmp_path / "ckpt"
+    for step in (2, 4, 6):
+        folder = ckpt / f"global_step_{step}"
+        (folder / "actor").mkdir(parents=True)
+        torch.save({"w": torch.ones(64)}, folder / "actor" / "model_world_size_1_rank_0.pt")
+        torch.save({"probe": {}}, folder / "poise_state.pt")
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("6")
+    config = compose_config(f"trainer.default_local_dir={ckpt}")
+    assert check_resume(config, is_poise=True) == []
+    for step in (6, 4):  # the latest and the one before it were cut short: step 2 is the one to resume
+        model = ckpt / f"global_step_{step}" / "actor" / "model_world_size_1_rank_0.pt"
+        model.write_bytes(model.read_bytes()[:200])
+    (problem,) = check_resume(config, is_poise=True)
+    assert problem == (
+        f"{ckpt}/latest_checkpointed_iteration.txt (trainer.resume_mode=auto): the checkpoint {ckpt}/global_step_6 "
+        "is unreadable: actor/model_world_size_1_rank_0.pt is not a whole torch archive (its write was cut short). "
+        "Resume from the previous checkpoint with the same command plus trainer.resume_mode=resume_path "
+        f"trainer.resume_from_path={ckpt}/global_step_2, or start fresh with trainer.resume_mode=disable (or a new "
+        "trainer.default_local_dir)"
+    )
+    # The command it gives passes the same check.
+    assert check_resume(
+        compose_config(
+            f"trainer.default_local_dir={ckpt}", "trainer.resume_mode=resume_path",
+            f"trainer.resume_from_path={ckpt}/global_step_2",
+        ),
+        is_poise=True,
+    ) == []
