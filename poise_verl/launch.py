@@ -190,7 +190,7 @@ def run(config: DictConfig) -> None:
     validate_config(
         config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config)
     )
-    from poise_verl.verl_ext.reward_guard import stop_cleanly
+    from poise_verl.verl_ext.stopping import stop_cleanly
 
     with stop_cleanly(config):  # a failing reward function or Ctrl-C ends the run: Ray first, the message last
         run_ppo(config, task_runner_class=TaskRunnerV1)

@@ -14,10 +14,10 @@ import torch
 
 from benchmarks.gpu_check.settings import Settings
 from benchmarks.gpu_check.timing import describe, timed
+from poise_verl.config import default_poise_settings
 from poise_verl.core.buffer import ProbeReplayBuffer
 from poise_verl.core.entropy import DEFAULT_ENTROPY_FEATURES, entropy_feature_matrix, entropy_statistics
 from poise_verl.core.probe import PCARidgeProbe
-from poise_verl.core.probe_features import OFFICIAL
 
 
 @contextlib.contextmanager
@@ -77,9 +77,14 @@ def phase_probe(record: dict, settings: Settings, report, data) -> None:
     all_threads = torch.get_num_threads()
     record["threads_all"] = all_threads
 
-    # The official sizes (docs/OFFICIAL_SETTINGS.md): PCA 32 / 64, ridge alpha 100.
+    # The project's defaults (hydra_configs/poise_trainer.yaml: the official PCA 32 / 64, ridge alpha 100).
+    defaults = default_poise_settings().probe
     probe = PCARidgeProbe(
-        prompt_components=32, response_components=64, alpha=100.0, seed=settings.seed, feature_order=OFFICIAL
+        prompt_components=defaults.prompt_pca_dim,
+        response_components=defaults.response_pca_dim,
+        alpha=defaults.ridge.alpha,
+        seed=settings.seed,
+        feature_order=defaults.feature_order,
     )
     fit_metrics: list[dict] = []
     # ProbeWorker calls torch.set_num_threads(1): that is the production setting.

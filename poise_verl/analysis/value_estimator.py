@@ -61,8 +61,9 @@ from poise_verl.analysis.policy import CheckpointError, eos_token_ids, load_poli
 from poise_verl.analysis.probe_sweep import ProbeSettings, choose_layers, layer_sweep
 from poise_verl.analysis.prompts import DataError, encode_prompt, read_prompts
 from poise_verl.analysis.sampling import generate_hf, score_responses
+from poise_verl.config import default_poise_settings
 from poise_verl.core.capture import decoder_layers
-from poise_verl.core.probe_features import FEATURE_ORDERS, OFFICIAL
+from poise_verl.core.probe_features import FEATURE_ORDERS
 
 logger = logging.getLogger("poise_verl.analysis.value_estimator")
 
@@ -100,23 +101,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=1.0, help="rollout temperature (POISE: 1.0)")
     parser.add_argument("--top-p", type=float, default=1.0, help="rollout top_p (POISE: 1.0)")
     parser.add_argument("--max-new-tokens", type=int, default=1024, help="response token limit")
-    parser.add_argument("--pool-tokens", type=int, default=10, help="tokens pooled per part (official: 10)")
+    # The probe's defaults are the trainer's (hydra_configs/poise_trainer.yaml, the official values).
+    poise = default_poise_settings()
+    parser.add_argument(
+        "--pool-tokens", type=int, default=poise.pool_last_k, help="tokens pooled per part (poise.pool_last_k)"
+    )
     parser.add_argument(
         "--end-of-thinking-token",
-        default="</think>",
+        default=poise.end_of_thinking_token or "none",
         help="splits entropy parts and ends the response pool ('none' to disable; ignored if not one token)",
     )
     parser.add_argument(
-        "--prompt-components", type=int, default=32, help="probe PCA dims, prompt (official 32)"
+        "--prompt-components",
+        type=int,
+        default=poise.probe.prompt_pca_dim,
+        help="probe PCA dims, prompt (poise.probe.prompt_pca_dim)",
     )
     parser.add_argument(
-        "--response-components", type=int, default=64, help="probe PCA dims, response (official 64)"
+        "--response-components",
+        type=int,
+        default=poise.probe.response_pca_dim,
+        help="probe PCA dims, response (poise.probe.response_pca_dim)",
     )
-    parser.add_argument("--ridge-alpha", type=float, default=100.0, help="probe ridge alpha (official 100)")
+    parser.add_argument(
+        "--ridge-alpha", type=float, default=poise.probe.ridge.alpha, help="probe ridge alpha (poise.probe.ridge.alpha)"
+    )
     parser.add_argument(
         "--probe-order",
         choices=FEATURE_ORDERS,
-        default=OFFICIAL,
+        default=poise.probe.feature_order,
         help="probe input transform (poise.probe.feature_order): official (default) or standardise_first",
     )
     parser.add_argument("--critic-epochs", type=int, default=10, help="critic: most epochs tried")

@@ -151,10 +151,6 @@ class ProbeReplayBuffer:
         """Rows held per (stored) domain."""
         return dict(self._rows)
 
-    @property
-    def num_groups(self) -> int:
-        return sum(len(groups) for groups in self._groups.values())
-
     def storage_domain(self, domain: str) -> str:
         """The domain a group of ``domain`` is stored under (itself, or the fallback)."""
         return storage_domain(domain, self.capacity_by_domain, self.fallback_domain)

@@ -69,8 +69,9 @@ def compute_poise_outcome_advantage(
             ``use_kl_in_reward`` is on).
         response_mask: ``(bs, T)`` 1 on response tokens.
         index: ``(bs,)`` prompt uid per rollout.
-        reward_baselines: ``(bs,)`` g(phi_i) from rollout i's own features, when the caller has them;
-            otherwise the trainer's :func:`step_predictions` are used.
+        reward_baselines: ``(bs,)`` g(phi_i), the prediction from rollout i's OWN features, when the caller has
+            them (verl's keyword for a batch-held baseline input; it is not the baseline b_i, which this
+            estimator forms from the siblings' entries); otherwise the trainer's :func:`step_predictions`.
         config: verl's algorithm section (unused; the registry's calling convention).
 
     Returns:
@@ -79,7 +80,7 @@ def compute_poise_outcome_advantage(
     if index is None:
         raise ValueError("poise advantage: verl passed no `index` (prompt uids); siblings cannot be matched")
     rewards = token_level_rewards.sum(dim=-1).to(torch.float32)  # R_i
-    if reward_baselines is not None:
+    if reward_baselines is not None:  # verl's name; the values are per-row predictions g(phi_i)
         predictions, valid = reward_baselines.to(rewards.device, torch.float32), None
     else:
         step = _current(index, rewards.shape[0])

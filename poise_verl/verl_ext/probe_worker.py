@@ -110,6 +110,9 @@ class ProbeWorker:
                     metrics[f"poise/probe_fit_{key}/{domain}"] = values[key]
         metrics["poise/buffer_rows"] = sum(values["rows"] for values in per_domain.values())
         metrics["poise/probe_refit"] = float(any(values["refit"] for values in per_domain.values()))
+        # Fits so far, per domain and summed over the domains (one refit per fitted domain per step).
+        for domain, count in self.probes.num_fits.items():
+            metrics[f"poise/probe_num_fits/{domain}"] = float(count)
         metrics["poise/probe_num_fits"] = float(sum(self.probes.num_fits.values()))
         return metrics
 

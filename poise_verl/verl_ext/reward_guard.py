@@ -14,25 +14,20 @@ Two halves, joined by a named Ray actor that exists only once something failed:
   verl's own manager class with :class:`RewardGuard` mixed in. It bounds each sample's reward by
   ``reward.timeout`` seconds (the key verl's rate-limited manager reads) and turns an exception or a timeout
   into a :class:`RewardFunctionError` whose message it also records in the failure log;
-- driver side: :func:`stop_cleanly` wraps the run. A thread polls for the failure log and interrupts the
-  driver's wait on the trainer; Ctrl-C lands there too. Either way Ray is shut down first (its workers stop
-  printing) and then the message is printed, so it is what the last lines of the output say.
+- driver side (:mod:`poise_verl.verl_ext.stopping`): ``stop_cleanly`` wraps the run; a thread polls for the
+  failure log and interrupts the driver's wait on the trainer, Ray is shut down first and then the message is
+  printed, so it is what the last lines of the output say.
 """
 
 from __future__ import annotations
 
-import _thread
 import asyncio
-import contextlib
 import functools
 import importlib.util
 import inspect
 import logging
 import math
 import os
-import signal
-import sys
-import threading
 import traceback
 
 import ray
@@ -40,7 +35,6 @@ import ray
 logger = logging.getLogger(__name__)
 
 FAILURE_LOG_NAME = "poise_verl_run_failures"
-POLL_INTERVAL_S = 1.0
 PREVIEW_CHARS = 80
 
 
@@ -206,120 +200,3 @@ def __getattr__(name: str):
         return guarded(get_reward_manager_cls(name))
     except ValueError as error:
         raise AttributeError(f"{name!r} is not a registered verl reward manager ({error})") from None
-
-
-# ----------------------------------------------------------------------------------------------- driver side
-def recorded_failure() -> str | None:
-    """The first recorded failure of this run, with a count of the others; None when nothing failed."""
-    if not ray.is_initialized():
-        return None
-    try:
-        log = ray.get_actor(FAILURE_LOG_NAME)
-    except ValueError:
-        return None
-    first, count = ray.get(log.summary.remote(), timeout=30)
-    if first is None:
-        return None
-    more = f"\n  {count - 1} more reward call(s) failed after it." if count > 1 else ""
-    return f"{first}{more}"
-
-
-class _RecordedFailure(Exception):
-    """A reward failure found in the failure log after the trainer returned."""
-
-
-class _Watcher(threading.Thread):
-    """Interrupts the driver's main thread (waiting on the trainer) as soon as a failure is recorded."""
-
-    def __init__(self):
-        super().__init__(name="poise-failure-watcher", daemon=True)
-        self.stopped = threading.Event()
-        self.failure: str | None = None
-
-    def run(self) -> None:
-        while not self.stopped.wait(POLL_INTERVAL_S):
-            try:
-                self.failure = recorded_failure()
-            except Exception as error:  # noqa: BLE001 - Ray starting or stopping: look again next time
-                logger.debug("failure log not readable yet: %s", error)
-                continue
-            if self.failure is not None:
-                _thread.interrupt_main()
-                return
-
-
-def _catch_sigint() -> None:
-    """Let SIGINT raise KeyboardInterrupt in the driver even when the parent left it ignored.
-
-    A shell without job control starts background commands with SIGINT ignored, and Python then installs no
-    handler: ``kill -INT`` would do nothing, and neither would the watcher's ``_thread.interrupt_main`` (which
-    only acts on a signal Python handles), so a failed reward would go unnoticed until the run ended.
-    """
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) in (
-        signal.SIG_IGN,
-        signal.SIG_DFL,
-    ):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-@contextlib.contextmanager
-def stop_cleanly(config):
-    """Around verl's ``run_ppo``: a recorded failure or Ctrl-C ends the run, Ray first, the message last."""
-    _catch_sigint()
-    watcher = _Watcher()
-    watcher.start()
-    try:
-        yield
-        # The trainer can finish before the watcher looks (a short run): a recorded failure still fails the run.
-        watcher.stopped.set()
-        failure = watcher.failure
-        if failure is None:
-            with contextlib.suppress(Exception):
-                failure = recorded_failure()
-        if failure is not None:
-            raise _RecordedFailure(failure)
-    except BaseException as error:
-        watcher.stopped.set()
-        failure = str(error) if isinstance(error, _RecordedFailure) else watcher.failure
-        if failure is None and not isinstance(error, KeyboardInterrupt):
-            with contextlib.suppress(Exception):
-                failure = recorded_failure()  # the trainer may have failed on it before the watcher looked
-        _shutdown_ray()
-        if failure is not None:
-            _print_last(
-                f"poise-verl: the run stopped: {failure}\n  Fix the function or the data and launch again"
-                f"{_resume_hint(config)}."
-            )
-            raise SystemExit(1) from None
-        if isinstance(error, KeyboardInterrupt):
-            _print_last(
-                "poise-verl: interrupted (Ctrl-C); the run and its Ray processes are stopped"
-                f"{_resume_hint(config, interrupted=True)}."
-            )
-            raise SystemExit(130) from None
-        raise
-    finally:
-        watcher.stopped.set()
-
-
-def _shutdown_ray() -> None:
-    with contextlib.suppress(Exception):
-        ray.shutdown()
-
-
-def _print_last(message: str) -> None:
-    sys.stdout.flush()
-    print(message, file=sys.stderr, flush=True)
-
-
-def _resume_hint(config, interrupted: bool = False) -> str:
-    """Where the same command would resume (verl's tracker names the last complete checkpoint)."""
-    from verl.utils.checkpoint.checkpoint_manager import get_checkpoint_tracker_filename
-
-    folder = str(config.trainer.default_local_dir)
-    tracker = get_checkpoint_tracker_filename(folder)
-    if config.trainer.resume_mode != "auto" or not os.path.exists(tracker):
-        return " (no checkpoint of this run to resume from)" if interrupted else ""
-    with open(tracker) as handle:
-        step = handle.read().strip()
-    return f"; the same command resumes from {os.path.join(folder, f'global_step_{step}')}"

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from poise_verl.verl_ext.cpu import cpu_env
+from conftest import cpu_env
 
 SCRIPT = Path(__file__).with_name("engine_capture_check.py")
 

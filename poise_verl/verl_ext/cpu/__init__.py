@@ -14,7 +14,8 @@ entry point (``pyproject.toml``). Importing it registers, in that process:
 Registering selects nothing. ``hydra_configs/platform/cpu.yaml`` is the one place that selects these pieces
 and sets every CPU choice, including ``VERL_PLATFORM`` for every Ray process (through ``ray.init``'s
 ``runtime_env``); ``docs/CPU_PLATFORM.md`` says what each setting is for and how verl's stock
-``main_ppo`` runs with it. :func:`cpu_env` gives a subprocess the same variables.
+``main_ppo`` runs with it. :func:`platform_env_vars` gives the same variables to a
+process started outside Ray.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from poise_verl.verl_ext.cpu.platform import PLATFORM_NAME, PlatformCPU, register_fsdp_engines_for_cpu  # isort: skip
 from poise_verl.verl_ext.cpu import hf_rollout  # isort: skip
 
-__all__ = ["PLATFORM_NAME", "PLATFORM_YAML", "PlatformCPU", "cpu_env", "hf_rollout", "platform_env_vars"]
+__all__ = ["PLATFORM_NAME", "PLATFORM_YAML", "PlatformCPU", "hf_rollout", "platform_env_vars"]
 
 #: The CPU platform's settings; its ``ray_kwargs.ray_init.runtime_env.env_vars`` reach every Ray process.
 PLATFORM_YAML = Path(__file__).resolve().parents[2] / "hydra_configs" / "platform" / "cpu.yaml"
@@ -38,14 +39,6 @@ def platform_env_vars() -> dict[str, str]:
 
     env_vars = OmegaConf.load(PLATFORM_YAML).ray_kwargs.ray_init.runtime_env.env_vars
     return {str(key): str(value) for key, value in env_vars.items()}
-
-
-def cpu_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """``base`` (default ``os.environ``) plus :func:`platform_env_vars`: the environment of a process that runs
-    verl on the CPU outside Ray's ``runtime_env`` (a driver, a test subprocess)."""
-    env = dict(os.environ if base is None else base)
-    env.update(platform_env_vars())
-    return env
 
 
 if os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME:

@@ -293,7 +293,8 @@ class PoiseTrainer(PromptSelection, CheckedSyncTrainer):
         return batch
 
     # ---------------------------------------------------------------- checkpoints
-    def _step_folder(self) -> str:
+    def _resume_folder(self) -> str:
+        """The checkpoint folder verl resumes from: the one named by resume_from_path, or the latest step's."""
         root = self.config.trainer.default_local_dir
         if self.config.trainer.resume_mode == "resume_path" and self.config.trainer.resume_from_path:
             return self.config.trainer.resume_from_path
@@ -320,10 +321,10 @@ class PoiseTrainer(PromptSelection, CheckedSyncTrainer):
         super()._load_checkpoint()
         if self.global_steps == 0:
             return
-        path = os.path.join(self._step_folder(), POISE_STATE_FILE)
+        path = os.path.join(self._resume_folder(), POISE_STATE_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(
-                f"{path} is missing: the checkpoint at {self._step_folder()} holds no POISE state (probes, replay "
+                f"{path} is missing: the checkpoint at {self._resume_folder()} holds no POISE state (probes, replay "
                 "buffer). It was not written by the POISE trainer; resume it with the algorithm that wrote it, "
                 "or point trainer.default_local_dir at a new folder"
             )
