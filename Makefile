@@ -23,8 +23,13 @@ run: $(VENV)/.installed
 # 2-core development machine. TEST_WORKERS=0 runs the tests one after another. The 15 slowest tests are listed
 # at the end: the suite should stay under 15 minutes on an idle machine.
 TEST_WORKERS ?= 2
+# Every temporary file of the run (verl's checkpoint lock files, torch's compile cache, Ray's sessions and
+# sockets, pytest's own folders) goes into one folder under /tmp, short because Ray's socket paths must stay
+# under 107 bytes, removed when the tests end, whatever their result.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
+	@tmp=$$(mktemp -d /tmp/poise-test.XXXXXX); \
+	TMPDIR=$$tmp $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests; status=$$?; \
+	rm -rf $$tmp; exit $$status
 
 # Timings as ratios in one run: feature capture vs the plain forward, probe work vs a step.
 # On a GPU machine: make bench BENCH_ARGS= (the full Qwen3-4B-shaped check, docs/PERFORMANCE.md).

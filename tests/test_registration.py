@@ -154,7 +154,7 @@ def test_estimator_resolves_inside_a_ray_worker():
     import ray
 
     # A short temp dir: Ray's socket paths must stay under the 107-character Unix limit.
-    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray"))
     try:
 
         @ray.remote

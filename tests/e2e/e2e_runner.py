@@ -80,7 +80,7 @@ def run_main(
     job control starts a background command, with SIGINT ignored (Python then installs no handler for it unless
     the entry point does). ``env``: more environment variables.
     """
-    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    ray_dir = tempfile.mkdtemp(prefix="ray")  # under TMPDIR, short: Ray's socket paths
     checkpoint_dir = workdir / "ckpt"
     command = [
         *_main_command(sigint_ignored), *small, *args,
@@ -207,7 +207,7 @@ def start_main(args: list[str], workdir: Path, small: list[str] = SMALL, sigint_
     ``sigint_ignored`` as in :func:`run_main`."""
     import uuid
 
-    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    ray_dir = tempfile.mkdtemp(prefix="ray")  # under TMPDIR, short: Ray's socket paths
     checkpoint_dir = workdir / "ckpt"
     command = [
         *_main_command(sigint_ignored), *small, *args,

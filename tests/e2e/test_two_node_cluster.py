@@ -101,7 +101,7 @@ def two_node_cluster(tmp_path, monkeypatch):
     # driver joining with an explicit address must say so too. Set here, it reaches the nodes, the probe
     # below and the trainer's driver (run_main passes this environment on).
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    temp_dir = tempfile.mkdtemp(prefix="ray")  # under TMPDIR, short: Ray's socket paths
     port = _free_port()
     address = f"127.0.0.1:{port}"
     env = dict(

@@ -44,7 +44,7 @@ def parse_step_metrics(log: str) -> dict[int, dict[str, float]]:
 @pytest.mark.timeout(400)
 def test_verl_main_ppo_grpo_runs_on_cpu(tiny_task, tmp_path):
     # Ray's socket paths must stay under ~107 characters, which pytest's tmp_path can exceed.
-    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    ray_dir = tempfile.mkdtemp(prefix="ray")  # under TMPDIR (make test: a short folder)
     command = [
         sys.executable,
         "-m",
