@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import subprocess
@@ -16,51 +17,121 @@ from poise_verl.analysis.policy import eos_token_ids, load_policy
 from poise_verl.analysis.prompts import DataError, encode_prompt, read_prompts
 from poise_verl.analysis.sampling import generate_hf
 
+# The CLI run below: the first 64 prompts of each file, 4 samples each at temperature 1, as many tokens as training
+# allows (data.max_response_length=24). On the shipped build this gave 128 prompts with avg@4 0.379, pass@2 0.483,
+# pass@4 0.578, and 50 of the 128 prompts with mixed outcomes (1-3 of 4 right; 54 with none, 24 with all 4).
+LIMIT, K, MAX_NEW_TOKENS, SEED = 64, 4, 24, 0
 
-def test_cli_writes_finite_summaries(small_tiny_assets, tmp_path):
+
+def brute_force_pass_at(outcomes: list[bool], j: int) -> float:
+    """Share of the size-j subsets of one prompt's samples that hold a correct one (no closed form)."""
+    subsets = list(itertools.combinations(outcomes, j))
+    return sum(any(subset) for subset in subsets) / len(subsets)
+
+
+def recount(assets, rows) -> list[list[bool]]:
+    """The CLI's samples drawn again in this process (same seed, threads and order), each decoded and scored by
+    the tiny task's own reward, not through the evaluation's scorer dispatch."""
+    from poise_verl.tiny.reward import compute_score
+
+    torch.set_num_threads(2)
+    model, tokenizer, _ = load_policy(assets / "model")
+    prompts = [encode_prompt(tokenizer, row.messages) for row in rows]
+    torch.manual_seed(SEED)
+    responses = generate_hf(
+        model,
+        prompts,
+        n=K,
+        eos_ids=eos_token_ids(model, tokenizer),
+        pad_id=tokenizer.pad_token_id,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=MAX_NEW_TOKENS,
+        progress=False,
+    )
+    return [
+        [
+            compute_score(
+                row.data_source, tokenizer.decode(r.token_ids, skip_special_tokens=True), row.ground_truth
+            )
+            == 1.0
+            for r in group
+        ]
+        for row, group in zip(rows, responses, strict=True)
+    ]
+
+
+def test_cli_summaries_match_a_recount_of_the_samples(small_tiny_assets, tmp_path):
     out = tmp_path / "eval"
     data = small_tiny_assets / "data"
+    files = [data / "val.parquet", data / "train.parquet"]
     command = [
         sys.executable,
         "-m",
         "poise_verl.eval",
         str(small_tiny_assets / "model"),
         "--data",
-        str(data / "val.parquet"),
-        str(data / "train.parquet"),
+        *map(str, files),
         "--limit",
-        "4",
+        str(LIMIT),
         "--k",
-        "4",
+        str(K),
         "--temperature",
         "1.0",
         "--top-p",
         "1.0",
         "--max-new-tokens",
-        "8",
+        str(MAX_NEW_TOKENS),
+        "--seed",
+        str(SEED),
         "--output",
         str(out),
         "--threads",
         "2",
         "--no-progress",
     ]
-    finished = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     results = summary["results"]
     assert set(results) == {"tiny_arith", "all"}
-    assert results["all"]["prompts"] == 8
+    assert results["all"]["prompts"] == 2 * LIMIT
     for entry in results.values():
         for key in ("avg@4", "pass@1", "pass@2", "pass@4", "mean_score", "truncated_fraction"):
             assert math.isfinite(entry[key]) and 0.0 <= entry[key] <= 1.0
-        assert entry["pass@1"] == pytest.approx(entry["avg@4"])
-        assert entry["pass@1"] <= entry["pass@2"] <= entry["pass@4"]
     with open(out / "summary.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [row["data_source"] for row in rows] == ["tiny_arith", "all"]
-    assert all(math.isfinite(float(row["pass@4"])) for row in rows)
+        rows_csv = list(csv.DictReader(handle))
+    assert [row["data_source"] for row in rows_csv] == ["tiny_arith", "all"]
+    assert all(math.isfinite(float(row["pass@4"])) for row in rows_csv)
     with open(out / "per_prompt.csv") as handle:
-        assert len(list(csv.DictReader(handle))) == 8
+        per_prompt = list(csv.DictReader(handle))
+    assert len(per_prompt) == 2 * LIMIT
+
+    # The samples again, scored by the tiny reward itself: the per-prompt counts are those counts.
+    rows = read_prompts(files, limit=LIMIT)
+    outcomes = recount(small_tiny_assets, rows)
+    assert [(r["file"], int(r["row"])) for r in per_prompt] == [(row.file, row.row) for row in rows]
+    assert [int(r["correct"]) for r in per_prompt] == [sum(o) for o in outcomes]
+    assert all(int(r["samples"]) == K for r in per_prompt)
+    mixed = [o for o in outcomes if 0 < sum(o) < K]
+    assert len(mixed) >= 16, (
+        f"only {len(mixed)} prompts with mixed outcomes: pass@k would equal avg@k trivially"
+    )
+
+    # Every figure against the raw outcomes: avg@k the share correct, pass@j over all size-j subsets.
+    for source, entry in results.items():
+        members = [o for o, row in zip(outcomes, rows, strict=True) if source in ("all", row.data_source)]
+        assert entry["prompts"] == len(members)
+        average = sum(map(sum, members)) / (K * len(members))
+        assert entry["avg@4"] == pytest.approx(average, abs=1e-12)
+        assert entry["mean_score"] == pytest.approx(average, abs=1e-12)  # the tiny reward scores 1 or 0
+        for j in (1, 2, 4):
+            expected = sum(brute_force_pass_at(o, j) for o in members) / len(members)
+            assert entry[f"pass@{j}"] == pytest.approx(expected, abs=1e-12), j
+        # pass@1 is avg@k; with prompts of mixed outcomes more samples strictly help.
+        assert entry["pass@1"] == pytest.approx(entry["avg@4"], abs=1e-12)
+        assert entry["avg@4"] < entry["pass@2"] < entry["pass@4"]
+        assert entry["pass@4"] == pytest.approx(sum(any(o) for o in members) / len(members), abs=1e-12)
 
 
 def test_prompt_rendering_matches_verl(small_tiny_assets):
