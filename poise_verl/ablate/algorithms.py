@@ -43,6 +43,14 @@ ALGORITHMS: dict[str, Algorithm] = {
             "tab:brown",
             probe=True,
         ),
+        # The control for POISE's probe: POISE's 2 rollouts per prompt and budget, the sibling's reward as every
+        # step's baseline (RLOO with n=2: A_i = R_i - R_j), never the probe's prediction. The probe is still fitted
+        # and scored (poise/probe_pearson), so its predictions can be compared with the baseline it did not give.
+        Algorithm(
+            "rloo2",
+            ("algo=poise", "poise.bootstrap_steps=${trainer.total_training_steps}", "algo_name=rloo2"),
+            "tab:gray",
+        ),
         Algorithm("dapo", ("algo=dapo",), "tab:orange", dynamic_sampling=True),
         Algorithm("grpo", ("algo=grpo",), "tab:green"),
     )

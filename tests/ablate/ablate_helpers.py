@@ -45,3 +45,29 @@ def mark_done(run, wall_clock_s: float) -> None:
         json.dumps({"started_at": "t", "wall_clock_s": wall_clock_s, "returncode": 0, "command": []}) + "\n"
     )
     (run.folder / DONE_MARKER).write_text(json.dumps({"wall_clock_s": wall_clock_s}))
+
+
+def launch_config(folder: Path):
+    """The resolved config a run's launch ran with: the driver sets ``hydra.run.dir=<run folder>/hydra``, so
+    Hydra saves it as ``<run folder>/hydra/.hydra/config.yaml`` (not under ``outputs/``)."""
+    from omegaconf import OmegaConf
+
+    from poise_verl.config import register_resolvers
+
+    saved = folder / "hydra" / ".hydra" / "config.yaml"
+    assert saved.is_file(), f"no Hydra config at {saved}"
+    register_resolvers()
+    config = OmegaConf.load(saved)
+    OmegaConf.resolve(config)
+    return config
+
+
+def raw_metrics(folder: Path) -> dict[int, dict[str, float]]:
+    """{step: metrics} straight from a run's metrics JSONL files (one launch each), without the report's code."""
+    steps: dict[int, dict[str, float]] = {}
+    for path in sorted((folder / "metrics").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                steps.setdefault(int(row["step"]), {}).update(row["data"])
+    return steps

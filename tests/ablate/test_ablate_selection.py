@@ -234,7 +234,7 @@ def test_the_verdict_takes_the_validation_nearest_half(tmp_path):
 
 
 def test_selection_variants_are_registry_entries_with_their_own_experiment_names(tmp_path, capsys):
-    assert set(DEFAULT_ALGOS) == {"poise", "poise_select", "poise_history", "dapo", "grpo"}
+    assert set(DEFAULT_ALGOS) == {"poise", "poise_select", "poise_history", "rloo2", "dapo", "grpo"}
     assert len({ALGORITHMS[a].colour for a in DEFAULT_ALGOS}) == len(DEFAULT_ALGOS)
     extra = ["budget.rollouts_per_step=16"]
     for algo, mode in (("poise", "none"), ("poise_select", "probe"), ("poise_history", "history")):
@@ -242,6 +242,11 @@ def test_selection_variants_are_registry_entries_with_their_own_experiment_names
         assert config.poise.selection.mode == mode and config.trainer.v1.trainer_mode == "poise", algo
         assert read_algo_config(algo, extra).experiment_name == f"tiny_{algo}"
         assert read_algo_config(algo, extra).n == 2
+    # rloo2, the probe's control: POISE's two rollouts with the sibling's reward as the baseline on every step.
+    config = compose("rloo2", [*extra, "trainer.total_training_steps=9"])
+    assert (config.trainer.v1.trainer_mode, config.actor_rollout_ref.rollout.n) == ("poise", 2)
+    assert config.poise.bootstrap_steps == config.trainer.total_training_steps == 9
+    assert read_algo_config("rloo2", extra).experiment_name == "tiny_rloo2"
 
     # The ablation owns what selects an algorithm only when that algorithm runs.
     with pytest.raises(SystemExit, match="--algos"):
