@@ -47,9 +47,12 @@ bench: $(VENV)/.installed
 	$(PY) -m benchmarks.gpu_check $(BENCH_ARGS) --out benchmarks/last_run.json
 
 # A step of the tiny CPU default (GRPO and POISE through the real entry point) against a plain single-process
-# trainer doing the same work, in one run: ratios, phases, CPU per process, start-up (docs/PERFORMANCE.md).
+# trainer doing the same work, in one run: ratios, phases, CPU per process, start-up (docs/PERFORMANCE.md); then
+# the timings the tests no longer take: the math scorer's cut-offs and the hf server's request batching.
 bench-cpu: $(VENV)/.installed
 	$(PY) -m benchmarks.cpu_step --out outputs/cpu_step.json
+	$(PY) -m benchmarks.math_scoring
+	$(PY) -m benchmarks.hf_batching
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check poise_verl tests benchmarks

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import signal
 import subprocess
 import sys
-import time
-import types
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -90,26 +92,62 @@ def test_unknown_keywords_from_verl_are_ignored():
     assert result["acc"] is True
 
 
-def test_overlong_answer_is_not_parsed():
+@pytest.fixture
+def math_verify_calls(monkeypatch):
+    """Every call of math-verify's comparison in this process and every request to a worker process, counted
+    (and passed on to the real ones)."""
+    calls = {"in_process": [], "workers": []}
+    in_process, to_workers = verify_worker.answers_match, scoring._verifier_workers.match
+
+    def counted_in_process(answer, ground_truth, timeout_seconds):
+        calls["in_process"].append((answer, threading.current_thread() is threading.main_thread()))
+        return in_process(answer, ground_truth, timeout_seconds)
+
+    def counted_to_workers(answer, ground_truth, timeout_seconds, deadline_seconds):
+        calls["workers"].append(answer)
+        return to_workers(answer, ground_truth, timeout_seconds, deadline_seconds)
+
+    monkeypatch.setattr(verify_worker, "answers_match", counted_in_process)
+    monkeypatch.setattr(scoring._verifier_workers, "match", counted_to_workers)
+    return calls
+
+
+def test_overlong_answer_is_not_parsed(math_verify_calls):
+    """The bound on the parser's work: math-verify never sees an answer over MAX_ANSWER_CHARS (how long parsing
+    one would take: ``python -m benchmarks.math_scoring``)."""
     answer = "1+" * MAX_ANSWER_CHARS + "1"
-    started = time.monotonic()
     result = compute_score("math500", f"\\boxed{{{answer}}}", "2")
     assert result["acc"] is False and len(result["pred"]) == MAX_ANSWER_CHARS
-    assert time.monotonic() - started < 1
+    assert math_verify_calls == {"in_process": [], "workers": []}
+    # One character shorter than the bound, it is parsed.
+    compute_score("math500", f"\\boxed{{{answer[:MAX_ANSWER_CHARS]}}}", "2")
+    assert math_verify_calls["in_process"] == [(answer[:MAX_ANSWER_CHARS], True)]
 
 
-def test_slow_answer_is_cut_off_by_the_timeout_in_the_main_thread():
-    started = time.monotonic()
+# A bound on a hang, not a measurement; a thread, as math-verify owns SIGALRM here.
+@pytest.mark.timeout(300, method="thread")
+def test_slow_answer_is_cut_off_by_the_timeout_in_the_main_thread(monkeypatch, caplog):
+    """math-verify's own signal.alarm timeout, armed with the requested second, is what ends the comparison."""
+    armed = []
+    alarm = signal.alarm
+
+    def recorded_alarm(seconds):
+        armed.append(seconds)
+        return alarm(seconds)
+
+    monkeypatch.setattr(signal, "alarm", recorded_alarm)
     result = compute_score("aime24", f"\\boxed{{{SLOW_ANSWER}}}", "5", timeout_seconds=1)
     assert result["acc"] is False
-    assert time.monotonic() - started < 10
+    assert set(armed) == {0, 1}, armed  # every parse and comparison armed with 1 s (0 disarms)
+    assert "Timeout during" in caplog.text  # math-verify reports that its timeout fired
 
 
-def test_scores_agree_from_threads_where_workers_do_the_checking():
+def test_scores_agree_from_threads_where_workers_do_the_checking(math_verify_calls, caplog):
     """verl's reward loop scores in executor threads; math-verify then runs in worker processes."""
     cases = [("\\frac{1}{2}", "0.5"), ("023", "23"), ("34", "35"), ("10\\%", "10"), ("5", SLOW_ANSWER)]
     expected = [compute_score("math500", f"\\boxed{{{a}}}", gt, timeout_seconds=1) for gt, a in cases]
-    started = time.monotonic()
+    assert [answer for answer, main in math_verify_calls["in_process"] if main] == [a for _, a in cases]
+    math_verify_calls["in_process"].clear()
     with ThreadPoolExecutor(max_workers=3) as threads:
         results = list(
             threads.map(
@@ -119,17 +157,39 @@ def test_scores_agree_from_threads_where_workers_do_the_checking():
         )
     assert results == expected
     assert [r["acc"] for r in results] == [True, True, False, True, False]
-    assert time.monotonic() - started < 60
+    # Not one comparison ran in a thread of this process: each went to a worker process.
+    assert math_verify_calls["in_process"] == []
+    assert sorted(math_verify_calls["workers"]) == sorted(a for _, a in cases)
 
 
-def test_a_worker_past_its_deadline_is_replaced(caplog):
+def test_a_worker_past_its_deadline_is_replaced(monkeypatch, caplog):
+    """A worker that never answers (a hang in C code no signal interrupts) is killed at the deadline, the answer
+    counts as wrong, and the slot's next request starts a fresh worker. The stuck worker reads its requests and
+    never replies, so the outcome does not depend on how fast anything runs."""
+    started = []
+    start_real_worker = VerifierWorkers._start
+
+    def start_stuck_then_real() -> subprocess.Popen:
+        if started:
+            started.append(start_real_worker())
+        else:
+            stuck = [sys.executable, "-c", "import sys\nfor _ in sys.stdin: pass"]
+            started.append(
+                subprocess.Popen(stuck, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            )
+        return started[-1]
+
+    monkeypatch.setattr(VerifierWorkers, "_start", staticmethod(start_stuck_then_real))
     workers = VerifierWorkers(max_workers=1)
-    # The worker cannot even start within 10 ms: the answer counts as wrong and the worker is killed.
-    assert workers.match("1", "1", timeout_seconds=5, deadline_seconds=0.01) is False
+    assert workers.match("1", "1", timeout_seconds=5, deadline_seconds=0.5) is False
     assert "gave no answer" in caplog.text
-    # The slot's next request starts a fresh worker, which answers.
-    assert workers.match("\\frac{1}{2}", "0.5", timeout_seconds=5, deadline_seconds=60) is True
-    assert workers.match("2", "0.5", timeout_seconds=5, deadline_seconds=60) is False
+    assert started[0].poll() is not None, "the stuck worker was left running"
+    # The slot's next request starts a fresh (real) worker, which answers.
+    assert workers.match("\\frac{1}{2}", "0.5", timeout_seconds=5, deadline_seconds=120) is True
+    assert workers.match("2", "0.5", timeout_seconds=5, deadline_seconds=120) is False
+    assert len(started) == 2  # one replacement, then reused
+    started[1].kill()
+    started[1].wait()
 
 
 def test_worker_survives_a_bad_request():
@@ -173,30 +233,71 @@ def test_other_data_sources_fall_back_to_verl():
         default_compute_score("no_such_dataset", "\\boxed{1}", "1")
 
 
-def test_tiny_arith_goes_to_the_tiny_task_scorer(monkeypatch):
-    calls = []
+# Responses the tiny task's scorer and the math scorer grade differently (tiny: the last \\boxed{} anywhere,
+# compared as text; math: only after </think>, compared with math-verify).
+TINY_CASES = [
+    ("\\boxed{12}", "12"),
+    ("\\boxed{13}", "12"),
+    ("45</think>\\boxed{45}", "45"),
+    ("\\boxed{3}</think>so three", "3"),  # math: no answer after </think>
+    ("\\boxed{0.5}", "\\frac{1}{2}"),  # math: equal; tiny: different text
+]
 
-    def tiny_compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
-        calls.append((data_source, solution_str, ground_truth))
-        return 1.0
 
-    monkeypatch.setitem(
-        sys.modules, "poise_verl.tiny.reward", types.SimpleNamespace(compute_score=tiny_compute_score)
+def test_tiny_arith_goes_to_the_tiny_task_scorer():
+    """default_compute_score hands tiny_arith to the real poise_verl.tiny.reward, with verl's keywords."""
+    from poise_verl.tiny import reward as tiny_reward
+
+    for text, truth in TINY_CASES:
+        routed = default_compute_score("tiny_arith", text, truth, extra_info={"index": 0})
+        assert routed == tiny_reward.compute_score("tiny_arith", text, truth)
+        assert isinstance(routed, float)  # the tiny scorer's plain float, not the math scorer's dict
+    assert [default_compute_score("tiny_arith", t, g) for t, g in TINY_CASES] == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert [compute_score("tiny_arith", t, g)["acc"] for t, g in TINY_CASES] == [
+        True,
+        False,
+        True,
+        False,
+        True,
+    ]
+    # Keyword arguments reach it: DAPO's incorrect score, and the tiny scorer's own error on a missing answer key.
+    assert default_compute_score("tiny_arith", "\\boxed{13}", "12", incorrect_score=-1.0) == {
+        "score": -1.0,
+        "acc": 0.0,
+    }
+    with pytest.raises(
+        ValueError, match=r"No ground truth for a sample of data_source='tiny_arith' \(extra_info index=7\)"
+    ):
+        default_compute_score("tiny_arith", "\\boxed{1}", " ", extra_info={"index": 7})
+
+
+def test_tiny_arith_without_the_tiny_task_says_what_is_missing(tmp_path):
+    """A copy of the package's data modules without poise_verl/tiny (as a package that leaves the tiny task out
+    would be): the lazy import fails for real, in a fresh interpreter that sees only that copy."""
+    package = tmp_path / "poise_verl"
+    (package / "data").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    source = Path(scoring.__file__).parent
+    for name in ("__init__.py", "scoring.py", "verify_worker.py", "sources.py"):
+        shutil.copy(source / name, package / "data" / name)
+    check = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from poise_verl.data.scoring import default_compute_score\n"
+        "try:\n"
+        "    default_compute_score('tiny_arith', '3', '3')\n"
+        "except NotImplementedError as error:\n"
+        "    print(type(error.__cause__).__name__, error)\n"
     )
-    assert default_compute_score("tiny_arith", "3", "3") == 1.0
-    assert calls == [("tiny_arith", "3", "3")]
-
-
-def test_tiny_arith_reaches_the_real_tiny_task_scorer_when_present():
-    pytest.importorskip("poise_verl.tiny.reward")
-    assert default_compute_score("tiny_arith", "\\boxed{12}", "12") == 1.0
-    assert default_compute_score("tiny_arith", "\\boxed{13}", "12") == 0.0
-
-
-def test_tiny_arith_without_the_tiny_task_says_what_is_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "poise_verl.tiny.reward", None)  # makes the import fail
-    with pytest.raises(NotImplementedError, match="poise_verl.tiny.reward.compute_score"):
-        default_compute_score("tiny_arith", "3", "3")
+    # -I -S: no site-packages, so no editable install of the real package to fall back on.
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", check], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "ModuleNotFoundError data_source 'tiny_arith' is scored by poise_verl.tiny.reward.compute_score, "
+        "which cannot be imported"
+    )
 
 
 def _reward_config(**reward_kwargs):

@@ -41,15 +41,28 @@ def test_pass_rates_of_a_tiny_model(tiny_assets):
 
 
 def test_ensure_tiny_assets_builds_once(tmp_path, monkeypatch):
+    """Two threads ask for the assets at once: one builds, the other waits on the lock and then finds the build.
+
+    The race is made certain without a clock: the first build does not finish until both threads have found no
+    build and gone for the lock (each passes ``_locked`` on its way there, which counts them)."""
     calls = []
+    at_the_lock = threading.Semaphore(0)
+    locked = tiny_build._locked
+
+    def counted_locked(handle):
+        at_the_lock.release()
+        return locked(handle)
 
     def fake_build(out, seed=0):
         calls.append(out)
-        threading.Event().wait(0.2)  # long enough for the other thread to reach the lock
+        if len(calls) == 1:  # this thread holds the lock; the other has looked for the build and waits for it
+            for _ in range(2):
+                assert at_the_lock.acquire(timeout=120), "the other thread never went for the lock"  # a bound
         (out / "build_info.json").write_text("{}")
         return out
 
     monkeypatch.setattr(tiny_build, "build", fake_build)
+    monkeypatch.setattr(tiny_build, "_locked", counted_locked)
     target = tmp_path / "cache" / "tiny"
     results = []
     threads = [

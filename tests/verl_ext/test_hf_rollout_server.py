@@ -7,6 +7,7 @@ no verl platform, so this process keeps whatever platform verl detects.
 from __future__ import annotations
 
 import asyncio
+import selectors
 
 import pytest
 import torch
@@ -120,11 +121,51 @@ def test_log_probs_only_when_requested_and_weights_load(tiny_task):
         asyncio.run(server.load_weights([("no.such.weight", torch.zeros(1))]))
 
 
-def test_requests_that_keep_arriving_join_one_batch(tiny_task):
-    """verl's agent loop sends a step's requests one after another: they share a generate call as long as the
-    next one arrives within the server's quiet period, however long they keep coming."""
+class _JumpingSelector(selectors.DefaultSelector):
+    """Waits for real only on file descriptors (a worker thread finishing); a wait for a timer instead moves the
+    loop's virtual clock to that timer."""
+
+    def __init__(self, loop: VirtualClockLoop):
+        super().__init__()
+        self.loop = loop
+
+    def select(self, timeout=None):
+        ready = super().select(0)
+        if ready or timeout == 0:
+            return ready
+        if timeout is None:  # nothing scheduled: a thread (asyncio.to_thread) will wake the loop
+            return super().select(None)
+        self.loop.virtual_now += timeout
+        return []
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop on a virtual clock: ``asyncio.sleep`` takes no wall time and sleepers wake in the exact order
+    of their deadlines, however busy the machine is. The server's batcher also reads ``time.monotonic`` (its
+    longest wait, ``max_batch_delay_s``); the tests below set that far beyond anything they wait."""
+
+    def __init__(self):
+        self.virtual_now = 0.0
+        super().__init__(_JumpingSelector(self))
+
+    def time(self) -> float:
+        return self.virtual_now
+
+
+def _run_on_virtual_clock(coroutine):
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        return runner.run(coroutine)
+
+
+# Gaps and quiet periods in binary fractions of a second, so no two virtual deadlines tie or round.
+GAP_S = 2**-6  # 15.6 ms between requests
+
+
+def _staggered_batches(tiny_task, arrivals: list[float], quiet_s: float) -> tuple[list[int], list]:
+    """Batch sizes of the server's generate calls for greedy requests arriving at the given (virtual) times."""
     server = make_server(tiny_task)
-    server.batch_wait_s = 0.05  # quiet period: five times the gap between requests, a third of their spread
+    server.batch_wait_s = quiet_s
+    server.max_batch_delay_s = 3600.0  # the cap on one batch's wait is not what these tests are about
     batch_sizes = []
     generate_batch = server.generate_batch
 
@@ -134,14 +175,33 @@ def test_requests_that_keep_arriving_join_one_batch(tiny_task):
 
     server.generate_batch = counting_generate_batch
     greedy = {"temperature": 0.0, "max_tokens": 4}
+    prompts = (PROMPTS * 4)[: len(arrivals)]
 
-    async def staggered(i, prompt):
-        await asyncio.sleep(0.01 * i)
+    async def arriving(i, at, prompt):
+        await asyncio.sleep(at)
         return await server.generate(prompt, dict(greedy), request_id=str(i))
 
     async def run():
-        return await asyncio.gather(*(staggered(i, prompt) for i, prompt in enumerate(PROMPTS * 3)))
+        return await asyncio.gather(*(arriving(i, at, p) for i, (at, p) in enumerate(zip(arrivals, prompts))))
 
-    outputs = asyncio.run(run())
-    assert batch_sizes == [len(PROMPTS) * 3]
+    outputs = _run_on_virtual_clock(run())
     assert all(1 <= len(output.token_ids) <= 4 for output in outputs)
+    return batch_sizes, outputs
+
+
+def test_requests_that_keep_arriving_join_one_batch(tiny_task):
+    """verl's agent loop sends a step's requests one after another: they share a generate call as long as the
+    next one arrives within the server's quiet period, however long they keep coming. 15 requests a gap apart
+    span 14 gaps, more than five quiet periods of 2.5 gaps (timings as a benchmark:
+    ``python -m benchmarks.hf_batching``)."""
+    arrivals = [i * GAP_S for i in range(15)]
+    batch_sizes, _ = _staggered_batches(tiny_task, arrivals, quiet_s=2.5 * GAP_S)
+    assert batch_sizes == [15]
+
+
+def test_a_pause_longer_than_the_quiet_period_starts_a_new_batch(tiny_task):
+    """The other side of the same rule: requests a gap apart, then a pause of 4 quiet periods, then more."""
+    quiet = 2.5 * GAP_S
+    arrivals = [i * GAP_S for i in range(5)] + [4 * GAP_S + 4 * quiet + i * GAP_S for i in range(7)]
+    batch_sizes, _ = _staggered_batches(tiny_task, arrivals, quiet_s=quiet)
+    assert batch_sizes == [5, 7]
