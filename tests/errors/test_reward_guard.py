@@ -4,9 +4,16 @@ shaped as verl's agent loop sends it, decoded with the tiny policy's tokenizer.
 
 The end-to-end tests (test_reward_failures.py) show the same messages as the last lines of a run; these pin
 the three cases apart: the function raised, verl's manager raised around it, the function did not return.
+The trainer's own backstop behind an unguarded manager is the one test here that starts Ray: its advantage stage
+reads the rewards from verl's TransferQueue, which lives in Ray actors.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -72,6 +79,9 @@ def test_verl_loads_its_own_manager_behind_the_guard(tiny_assets, algo, manager)
     assert type(loaded).__mro__[2].__name__ == manager
     result = _score(loaded, _sample(tiny_assets / "model", {"ground_truth": "4"}))
     assert result["reward_score"] == 1.0
+    # A wrong answer: DAPO's -1 (its recipe's math_dapo convention, algo=dapo) reaches verl's reward, POISE keeps 0.
+    wrong = _score(loaded, _sample(tiny_assets / "model", {"ground_truth": "5"}))
+    assert wrong["reward_score"] == {"dapo": -1.0, "poise": 0.0}[algo]
 
 
 def test_a_raising_function_is_named_with_the_line_and_the_sample(tiny_assets, tmp_path):
@@ -111,25 +121,34 @@ HANGING = {
         "    await asyncio.Event().wait()  # never set\n"
     ),
     # verl runs a synchronous function in an executor thread, which cannot be cancelled: the guard stops waiting
-    # at reward.timeout and the run ends anyway (the driver then stops Ray). This one returns after 3 s, so the
-    # test process does not wait on the thread at exit.
-    "sync, returns after 3 s": (
-        "import time\n\n\n"
+    # at reward.timeout and the run ends anyway (the driver then stops Ray). This one returns only once the test
+    # has seen the guard's error and opens the FIFO it reads (whichever comes first, the function cannot return
+    # before that), so the test process does not wait on the thread at exit.
+    "sync, returns when released": (
         "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n"
-        "    time.sleep(3)\n"
+        "    with open(RELEASE) as fifo:\n"
+        "        fifo.read()\n"
         "    return 1.0\n"
     ),
 }
 
 
 @pytest.mark.parametrize("kind", list(HANGING))
+@pytest.mark.timeout(300)  # a bound on a hang, not a measurement
 def test_a_function_that_hangs_is_stopped_at_reward_timeout(tiny_assets, tmp_path, kind):
-    reward = _reward_file(tmp_path, HANGING[kind])
+    release = tmp_path / "release"
+    os.mkfifo(release)
+    reward = _reward_file(tmp_path, f"RELEASE = {str(release)!r}\n\n\n" + HANGING[kind])
     manager = _manager(
         tiny_assets / "model", f"reward.custom_reward_function.path={reward}", "reward.timeout=0.5"
     )
-    with pytest.raises(RewardFunctionError) as failed:
-        _score(manager, _sample(tiny_assets / "model", {"ground_truth": "4"}))
+    try:
+        with pytest.raises(RewardFunctionError) as failed:
+            _score(manager, _sample(tiny_assets / "model", {"ground_truth": "4"}))
+    finally:
+        if kind.startswith("sync"):
+            with open(release, "w"):  # waits for the function to open its end, then lets it return
+                pass
     assert str(failed.value) == (
         f"the reward function compute_score in {reward} did not return within reward.timeout=0.5 s on one sample "
         "(raise reward.timeout if it is just slow)\n"
@@ -155,22 +174,66 @@ def test_a_non_finite_score_is_named_with_the_sample(tiny_assets, tmp_path, scor
     )
 
 
-def test_the_trainers_backstop_names_the_rollout_and_the_function():
-    """Behind a reward manager without the guard (reward.reward_manager.source=register), the trainer itself
-    refuses a non-finite reward before it reaches an advantage. Called on a stand-in for the trainer (only its
-    config is read): building verl's trainer needs a running cluster."""
-    from types import SimpleNamespace
+@pytest.fixture
+def transfer_queue(tiny_assets):
+    """A local Ray cluster with verl's TransferQueue in it, as the main job starts them, and the composed config of
+    a GRPO run on the tiny task (2 rollouts per prompt)."""
+    import ray
+    import transfer_queue as tq
 
-    from omegaconf import OmegaConf
+    config = compose_config("algo=grpo", "actor_rollout_ref.rollout.n=2")
+    ray_dir = tempfile.mkdtemp(prefix="ray")  # under TMPDIR, short: Ray's socket paths
+    # TransferQueue's controller and its one storage unit (transfer_queue.backend.SimpleStorage) take a CPU each.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=ray_dir)
+    try:
+        tq.init(config.transfer_queue)
+        yield config
+    finally:
+        with contextlib.suppress(Exception):
+            tq.close()
+        ray.shutdown()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def _rollouts_in_transfer_queue(partition: str, rewards: list[float]):
+    """Rollouts of two prompts ("a", "b") put into TransferQueue as verl's agent loop puts them: keys
+    ``uid_session_index``, each reward on the last response token of ``rm_scores``."""
+    import transfer_queue as tq
+    from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+    keys, fields = [], []
+    for i, reward in enumerate(rewards):
+        uid = "ab"[i // 2]
+        scores = torch.zeros(3)
+        scores[-1] = reward
+        keys.append(f"{uid}_{i % 2}_0")
+        fields.append({"uid": uid, "response_mask": torch.ones(3, dtype=torch.int64), "rm_scores": scores})
+    return tq.kv_batch_put(keys=keys, partition_id=partition, fields=list_of_dict_to_tensordict(fields))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_trainers_backstop_names_the_rollout_and_the_function(transfer_queue):
+    """Behind a reward manager without the guard (reward.reward_manager.source=register), the trainer itself
+    refuses a non-finite reward before it reaches an advantage: verl's advantage stage of the real trainer, built
+    from the composed config by its own constructor, on rewards read from a real TransferQueue. (Its workers and
+    rollout servers are not started: this stage does not use them.)"""
+    import transfer_queue as tq
 
     from poise_verl.verl_ext.trainer.checked_sync import CheckedSyncTrainer
 
-    trainer = SimpleNamespace(
-        config=OmegaConf.create({"reward": {"custom_reward_function": {"name": "score", "path": "/x/r.py"}}})
+    trainer = CheckedSyncTrainer(transfer_queue)
+    function = transfer_queue.reward.custom_reward_function
+    metrics = {}
+    batch = trainer._compute_advantage(_rollouts_in_transfer_queue("finite", [1.0, 0.0, 0.0, 1.0]), metrics)
+    advantages = tq.kv_batch_get(keys=batch.keys, partition_id="finite", select_fields=["advantages"])
+    per_rollout = advantages.to_padded_tensor()["advantages"][:, -1]
+    assert per_rollout.tolist() == pytest.approx([0.7071, -0.7071, -0.7071, 0.7071], abs=1e-3)  # GRPO, n=2
+    assert metrics["training/adv_std"] == pytest.approx(0.8165, abs=1e-3)
+
+    with pytest.raises(ValueError) as failed:
+        trainer._compute_advantage(_rollouts_in_transfer_queue("nan", [1.0, 0.0, float("nan"), 1.0]), {})
+    assert str(failed.value) == (
+        f"reward of rollout 2 (uid='b') is nan: the reward function {function.name} in {function.path} must "
+        "return a finite number"
     )
-    uids = np.array(["a", "a", "b"], dtype=object)
-    CheckedSyncTrainer._check_rewards(trainer, uids, torch.tensor([1.0, 0.0, 1.0]))
-    with pytest.raises(
-        ValueError, match=r"reward of rollout 2 \(uid='b'\) is nan: the reward function score in /x/r.py"
-    ):
-        CheckedSyncTrainer._check_rewards(trainer, uids, torch.tensor([1.0, 0.0, float("nan")]))
