@@ -34,6 +34,12 @@ class TrainerMode:
     DAPO = "dapo"
     # CHECKED_SYNC plus feature capture, probe baselines and probe state in checkpoints.
     POISE = "poise"
+    # verl's colocated asynchronous trainer (partial rollouts across weight updates) plus the same checks.
+    CHECKED_COLOCATE_ASYNC = "checked_colocate_async"
+    # CHECKED_COLOCATE_ASYNC plus POISE.
+    POISE_COLOCATE_ASYNC = "poise_colocate_async"
+    # The modes that run POISE (feature capture, the poise estimator, the probe worker).
+    POISE_MODES = (POISE, POISE_COLOCATE_ASYNC)
 
 
 def _typed(cls, raw: Any, where: str):
@@ -295,17 +301,22 @@ def validate(config: DictConfig) -> None:
     mode = config.trainer.v1.trainer_mode
     estimator = config.algorithm.adv_estimator
     n = int(config.actor_rollout_ref.rollout.n)
-    if estimator == POISE_ADV_ESTIMATOR and mode != TrainerMode.POISE:
+    if estimator == POISE_ADV_ESTIMATOR and mode not in TrainerMode.POISE_MODES:
         raise ValueError(
             f"algorithm.adv_estimator={POISE_ADV_ESTIMATOR} needs the POISE trainer (it computes the probe's "
             f"predictions): set trainer.v1.trainer_mode={TrainerMode.POISE} (got {mode!r}), or use algo=poise"
         )
-    if mode == TrainerMode.POISE:
-        PoiseSettings.from_config(config.poise)
+    if mode in TrainerMode.POISE_MODES:
+        settings = PoiseSettings.from_config(config.poise)
         if estimator != POISE_ADV_ESTIMATOR:
             raise ValueError(
-                f"trainer.v1.trainer_mode={TrainerMode.POISE} expects algorithm.adv_estimator="
+                f"trainer.v1.trainer_mode={mode} expects algorithm.adv_estimator="
                 f"{POISE_ADV_ESTIMATOR}, got {estimator!r}"
+            )
+        if mode == TrainerMode.POISE_COLOCATE_ASYNC and settings.selection.mode != "none":
+            raise ValueError(
+                f"poise.selection.mode={settings.selection.mode} is not built for the asynchronous trainer "
+                f"(trainer.v1.trainer_mode={mode}): set poise.selection.mode=none, or use algo=poise"
             )
         if n < 2:
             raise ValueError(

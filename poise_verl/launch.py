@@ -28,7 +28,7 @@ def runtime_env_vars(config: DictConfig) -> dict[str, str]:
     (the platform file sets ``VERL_PLATFORM`` there) and, for POISE, the feature-capture engine's vendor key."""
     runtime_env = config.ray_kwargs.get("ray_init", {}).get("runtime_env") or {}
     env = {str(key): str(value) for key, value in (runtime_env.get("env_vars") or {}).items()}
-    if config.trainer.v1.trainer_mode == TrainerMode.POISE:
+    if config.trainer.v1.trainer_mode in TrainerMode.POISE_MODES:
         env["VERL_ENGINE_VENDOR"] = POISE_ENGINE_VENDOR
     return env
 

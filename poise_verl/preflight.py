@@ -61,7 +61,7 @@ def preflight(config: DictConfig) -> None:
 def _is_poise(config: DictConfig) -> bool:
     from poise_verl.config import TrainerMode
 
-    return config.trainer.v1.trainer_mode == TrainerMode.POISE
+    return config.trainer.v1.trainer_mode in TrainerMode.POISE_MODES
 
 
 def _paths(value) -> list[str]:

@@ -53,6 +53,9 @@ ALGORITHMS: dict[str, Algorithm] = {
         ),
         Algorithm("dapo", ("algo=dapo",), "tab:orange", dynamic_sampling=True),
         Algorithm("grpo", ("algo=grpo",), "tab:green"),
+        # On verl's colocated asynchronous trainer: the next batch generates across the weight update.
+        Algorithm("poise_async", ("algo=poise_async",), "tab:cyan", probe=True),
+        Algorithm("grpo_async", ("algo=grpo_async",), "tab:olive"),
     )
 }
 # Every algorithm: `python -m poise_verl.ablate` alone runs the whole comparison; --algos picks a subset.

@@ -13,8 +13,8 @@ from poise_verl.ablate.plan import ATTEMPTS, AlgoConfig, Run
 
 # verl's validation metrics: val-core/<data_source>/<acc or reward>/mean@<n>.
 VAL_CORE = re.compile(r"^val-core/(?P<source>.+)/(?P<var>acc|reward)/mean@(?P<n>\d+)$")
-# Std over the batch of the per-rollout advantage A_i, first found per algorithm: POISE logs poise/adv_std;
-# training/adv_std is where the trainer would log it for every algorithm (not logged yet for DAPO/GRPO).
+# Std over the batch of the per-rollout advantage A_i: every trainer mode of this project logs training/adv_std;
+# poise/adv_std is where runs of older versions logged it.
 ADVANTAGE_STD_KEYS = ["training/adv_std", "poise/adv_std"]
 # verl counts DAPO's dropped groups (prompts) per step under these keys, only when there were some.
 DROPPED_GROUP_KEYS = (

@@ -11,7 +11,7 @@ from poise_verl.ablate.metrics import RunResult
 from poise_verl.ablate.plan import AlgoConfig
 from poise_verl.ablate.selection import ACTIVE as SELECTION_ACTIVE
 from poise_verl.ablate.selection import summarise_selection
-from poise_verl.ablate.statistics import PHASES, PROBE_WINDOW, RATIO_KEYS, summarise
+from poise_verl.ablate.statistics import PHASES, PROBE_WINDOW, RATIO_KEYS, STEP_STATISTICS, summarise
 
 # One validation's binomial standard error an ablation needs to tell the algorithms apart on the tiny task:
 # at most 1.2 accuracy points (512 validation prompts give about 2.2 there, more than the gaps measured).
@@ -311,6 +311,20 @@ def render_markdown(summary: dict, plots: list[str]) -> str:
             )
             + ".",
         ]
+    lines += [
+        "",
+        "## Per step: advantage variance, gradient norm, staleness",
+        "",
+        "Mean over a run's training steps, then mean ± sd over seeds: "
+        + "; ".join(f"{name}: {text}" for name, text in STEP_STATISTICS.items())
+        + ".",
+        "",
+        "| algorithm | " + " | ".join(STEP_STATISTICS) + " |",
+        "|---|" + "---|" * len(STEP_STATISTICS),
+    ]
+    for algo, s in summary["algorithms"].items():
+        cells = [mean_sd_text(s["step_statistics"][name]) for name in STEP_STATISTICS]
+        lines.append(f"| {algo} | " + " | ".join(cells) + " |")
     lines += selection_markdown(summary.get("selection") or {})
     lines += ["", "## Plots", "", f"Curves: mean over seeds; band: {summary['spread']}.", ""]
     lines += [f"- ![{name}]({name})" for name in plots]

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from poise_verl.ablate.algorithms import REFERENCE_ALGO
-from poise_verl.ablate.metrics import RunResult
+from poise_verl.ablate.metrics import ADVANTAGE_STD_KEYS, RunResult
 
 # verl's per-phase timings worth comparing across algorithms (median over the run's steps, seconds).
 PHASES = ("step", "gen", "old_log_prob", "update_actor", "testing")
@@ -109,6 +109,36 @@ def phase_medians(frame: pd.DataFrame) -> dict[str, float | None]:
     return medians
 
 
+# Per training step, averaged over a run's steps: the paper's claim is lower advantage variance and lower gradient
+# norms than its baselines; staleness and partial rollouts say how asynchronous an asynchronous run was.
+STEP_STATISTICS = {
+    "advantage_variance": "variance over the batch of the per-rollout advantage (training/adv_std squared)",
+    "grad_norm": "actor/grad_norm (before clipping)",
+    "staleness": "training/off_policy/trajectory_staleness_worst/mean (updates behind, oldest weights used)",
+    "partial_share": "rollout/partial_share (rollouts generated across a weight update)",
+}
+_STEP_COLUMNS = {
+    "grad_norm": "actor/grad_norm",
+    "staleness": "training/off_policy/trajectory_staleness_worst/mean",
+    "partial_share": "rollout/partial_share",
+}
+
+
+def step_statistics(frame: pd.DataFrame) -> dict[str, float | None]:
+    """Mean over the training steps of each of ``STEP_STATISTICS`` (None where the run did not log it)."""
+    training = frame[frame.index > 0]
+
+    def mean(values: pd.Series | None) -> float | None:
+        values = values.dropna() if values is not None else None
+        return float(values.mean()) if values is not None and not values.empty else None
+
+    std = next((training[key] for key in ADVANTAGE_STD_KEYS if key in training), None)
+    statistics = {"advantage_variance": mean(std**2 if std is not None else None)}
+    for name, column in _STEP_COLUMNS.items():
+        statistics[name] = mean(training[column] if column in training else None)
+    return statistics
+
+
 def choose_target(finals: dict[str, dict], target_accuracy: float | None) -> dict:
     """The accuracy to time: the user's, else the reference algorithm's mean final, else the lowest mean final."""
     if target_accuracy is not None:
@@ -141,6 +171,7 @@ def run_summary(r: RunResult, target: float | None) -> dict:
         "to_target": r.first_reaching(target) if target is not None else None,
         "phase_median_s": phase_medians(r.frame),
         "probe_pearson_last_steps": late_probe_pearson(r.frame),
+        "step_statistics": step_statistics(r.frame),
     }
 
 
@@ -198,6 +229,9 @@ def summarise(results: list[RunResult], algos: list[str], target_accuracy: float
             "to_target": mean_curve_reaching(rs, value) if rs and value is not None else None,
             "seeds_reaching_target": sum(p["to_target"] is not None for p in per_run),
             "phase_median_s": {phase: mean_sd([p["phase_median_s"][phase] for p in per_run]) for phase in PHASES},
+            "step_statistics": {
+                name: mean_sd([p["step_statistics"][name] for p in per_run]) for name in STEP_STATISTICS
+            },
         }
     return {
         "target_accuracy": target,

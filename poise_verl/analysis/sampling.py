@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ class Response:
     token_ids: list[int]
     truncated: bool
     log_probs: list[float] | None = None
+    # Cut short by ``generate_padded``'s ``stop``: neither a stop token nor the budget ended it (a partial rollout).
+    aborted: bool = False
 
 
 def _cut(tokens: list[int], stop_ids: set[int], budget: int) -> tuple[int, bool]:
@@ -95,6 +98,16 @@ class TokenLogProbRecorder(LogitsProcessor, StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+class StopWhenSet(StoppingCriteria):
+    """Stops every row of a ``generate`` call once ``event`` is set (checked after each generated token)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 @torch.no_grad()
 def generate_padded(
     model,
@@ -106,6 +119,7 @@ def generate_padded(
     top_p: float = 1.0,
     top_k: int = 0,
     log_probs: bool = False,
+    stop: threading.Event | None = None,
 ) -> list[Response]:
     """One response per prompt from a single left-padded ``generate`` call.
 
@@ -114,6 +128,8 @@ def generate_padded(
     budget or one per prompt: the call runs to the largest and each response is cut at its own budget and at
     its first stop token (inclusive), which is exact because a sampled token never depends on later ones.
     ``temperature=0`` is greedy. Sampling draws from torch's global generator: seed it for repeatable samples.
+    ``stop``: once set (from another thread), generation ends after the current token; a response that had not
+    ended by then is returned as far as it got, ``aborted`` (the partial rollout an RL server resumes later).
     """
     budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(budgets) != len(prompts) or not prompts:
@@ -127,6 +143,7 @@ def generate_padded(
         input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, width - len(ids) :] = 1
     recorder = TokenLogProbRecorder(temperature) if log_probs else None
+    criteria = ([recorder] if recorder else []) + ([StopWhenSet(stop)] if stop is not None else [])
     generated = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
@@ -137,18 +154,22 @@ def generate_padded(
         repetition_penalty=1.0,
         use_cache=True,
         logits_processor=[recorder] if recorder else None,
-        stopping_criteria=[recorder] if recorder else None,
+        stopping_criteria=criteria or None,
         **sampling_kwargs(temperature, top_p, top_k),
     )[:, width:].tolist()
+    stopped = stop is not None and stop.is_set()
     token_log_probs = torch.stack(recorder.sampled_log_probs, dim=1).tolist() if recorder else None
     responses = []
     for row, tokens in enumerate(generated):
         length, truncated = _cut(tokens, stops, budgets[row])
+        # Ended by ``stop`` rather than by a stop token or its budget: generated is then shorter than the budget.
+        aborted = stopped and truncated and length < budgets[row]
         responses.append(
             Response(
                 token_ids=tokens[:length],
-                truncated=truncated,
+                truncated=truncated and not aborted,
                 log_probs=token_log_probs[row][:length] if token_log_probs is not None else None,
+                aborted=aborted,
             )
         )
     return responses

@@ -52,6 +52,7 @@ def synthetic_rows(algo: str, acc, step_s, test_s, length, dropped) -> dict[int,
             "timing_s/step": step_s,
             "response_length/mean": length,
             "actor/grad_norm": 0.1 * step,
+            "training/adv_std": 0.5 if algo == "dapo" else 0.4,
             "critic/advantages/max": 1.0,
             "critic/advantages/min": -1.0,
         }
@@ -62,7 +63,7 @@ def synthetic_rows(algo: str, acc, step_s, test_s, length, dropped) -> dict[int,
         if algo == "poise":
             row.update(
                 {
-                    "poise/adv_std": 0.4,
+                    "training/off_policy/trajectory_staleness_worst/mean": float(step % 2),
                     "poise/reward_mean": 0.5,
                     "poise/prediction_mean": 0.45,
                     "poise/probe_pearson": 0.3,
@@ -134,6 +135,15 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
     # The probe's Pearson over the last steps: 0.3 at every POISE step; DAPO has no probe.
     assert [r["probe_pearson_last_steps"] for r in poise["runs"]] == pytest.approx([0.3, 0.3])
     assert dapo["runs"][0]["probe_pearson_last_steps"] is None
+
+    # Per-step statistics, means over the 4 steps: advantage variance 0.4^2 and 0.5^2, gradient norms 0.1-0.4;
+    # POISE's staleness alternates 1, 0; neither logged partial rollouts.
+    statistics = {algo: summary["algorithms"][algo]["step_statistics"] for algo in ("poise", "dapo")}
+    assert statistics["poise"]["advantage_variance"]["mean"] == pytest.approx(0.16)
+    assert statistics["dapo"]["advantage_variance"]["mean"] == pytest.approx(0.25)
+    assert statistics["dapo"]["grad_norm"]["mean"] == pytest.approx(0.25)
+    assert statistics["poise"]["staleness"]["mean"] == pytest.approx(0.5)
+    assert statistics["dapo"]["staleness"]["mean"] is None and statistics["poise"]["partial_share"]["mean"] is None
 
     # Per seed: POISE seed 1 ends at 0.6 and never reaches 0.65.
     assert poise["runs"][0]["to_target"] == {"step": 4, "wall_clock_s": 5.0, "steps_wall_clock_s": 4.0, "tokens": 640.0}

@@ -27,11 +27,8 @@ import pytest
 import torch
 from capture_reference import reference_features
 from e2e_runner import composed_config, run_main
+from step_dumps import assert_rows_pair_with_their_siblings, replay_probe_predictions
 
-from poise_verl.config import PoiseSettings, build_value_probe
-from poise_verl.core.buffer import ProbeReplayBuffer
-from poise_verl.core.cross_rollout import sibling_targets
-from poise_verl.core.domain_probes import DomainProbes
 from poise_verl.verl_ext.feature_dump import load_step_dumps
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -148,31 +145,8 @@ def test_the_layout_spans_micro_batches_of_different_row_counts(launch):
 
 
 def test_rows_are_matched_to_their_uid_and_sibling(launch):
-    name, config, steps = launch
-    n = int(config.actor_rollout_ref.rollout.n)
-    data = pd.read_parquet(config.data.train_files)
-    contents = {messages[0]["content"] for messages in data["prompt"]}
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(config.actor_rollout_ref.model.path)
-    for step, record in steps.items():
-        valid = record["valid"].tolist()
-        rows_of: dict[str, list[int]] = {}
-        for row, (uid, keep) in enumerate(zip(record["uids"], valid, strict=True)):
-            if keep:
-                rows_of.setdefault(uid, []).append(row)
-        assert all(len(rows) == n for rows in rows_of.values()), (name, step, rows_of)
-        for rows in rows_of.values():
-            first, sibling = rows
-            assert torch.equal(record["prompt_ids"][first], record["prompt_ids"][sibling])
-            prompt = tokenizer.decode(record["prompt_ids"][first], skip_special_tokens=True)
-            assert prompt in contents, (name, step, prompt)
-            for i, j in ((first, sibling), (sibling, first)):
-                # A_i = R_i - b_i with b_i the sibling's prediction (probe) or the sibling's reward (RLOO).
-                uses_probe = bool(record["from_probe"][j])
-                baseline = record["predictions"][j] if uses_probe else record["rewards"][j]
-                advantage = record["advantages"][i]
-                assert torch.allclose(advantage, (record["rewards"][i] - baseline).expand_as(advantage), atol=1e-6)
+    _, config, steps = launch
+    assert_rows_pair_with_their_siblings(config, steps)
     # After the bootstrap step the probe baselines every row.
     assert all(bool(record["from_probe"][record["valid"]].all()) for step, record in steps.items() if step > 1)
 
@@ -184,53 +158,7 @@ def test_each_steps_predictions_come_from_probes_fitted_on_earlier_steps_only(la
     name, config, steps = launch
     if name != "one_rank":
         pytest.skip("the probe order is one claim; the one-rank launch has the steps for it")
-    torch.set_num_threads(1)  # the probe worker's thread count on the CPU platform
-    settings = PoiseSettings.from_config(config.poise)
-    domains = list(settings.buffer.capacity)
-
-    def buffer_after(records) -> ProbeReplayBuffer:
-        """The replay buffer after pushing these steps' real rows, as the trainer's _issue_refit does."""
-        buffer = ProbeReplayBuffer(dict(settings.buffer.capacity))
-        for record in records:
-            valid = record["valid"]
-            uids = [uid for uid, keep in zip(record["uids"], valid.tolist(), strict=True) if keep]
-            buffer.add_groups(
-                record["prompt_features"][valid],
-                record["response_features"][valid],
-                record["entropy_features"][valid],
-                sibling_targets(record["rewards"][valid], uids),
-                uids,
-                [d for d, keep in zip(record["domains"], valid.tolist(), strict=True) if keep],
-            )
-        return buffer
-
-    def predict(buffer: ProbeReplayBuffer, record) -> torch.Tensor:
-        probes = DomainProbes(domains, lambda: build_value_probe(settings.probe), settings.min_fit_rows)
-        probes.refit(buffer.dataset())
-        rows = record["fitted"]
-        domains_of_rows = [d for d, keep in zip(record["domains"], rows.tolist(), strict=True) if keep]
-        predictions, _ = probes.predict(
-            record["prompt_features"][rows],
-            record["response_features"][rows],
-            record["entropy_features"][rows],
-            domains_of_rows,
-        )
-        return predictions
-
-    compared, largest_peeking_difference = 0, 0.0
-    ordered = [steps[step] for step in sorted(steps)]
-    for t, record in enumerate(ordered):
-        if not bool(record["fitted"].any()):
-            continue
-        earlier = buffer_after(ordered[:t])
-        assert record["probe_rows"] == earlier.num_rows_by_domain, (t + 1, record["probe_rows"])
-        got = record["predictions"][record["fitted"]]
-        assert torch.allclose(got, predict(earlier, record), atol=1e-4), t + 1
-        # What a probe that had also seen this step's rows would have predicted.
-        peeking = predict(buffer_after(ordered[: t + 1]), record)
-        largest_peeking_difference = max(largest_peeking_difference, float((got - peeking).abs().max()))
-        compared += 1
+    compared, largest_peeking_difference = replay_probe_predictions(config, steps)
     assert compared == STEPS["one_rank"] - 1  # every step after the first had a fitted probe
     # The comparison can tell the two orders apart: a probe that had seen the step predicts measurably otherwise.
     assert largest_peeking_difference > 1e-3, largest_peeking_difference
-

@@ -55,6 +55,12 @@ REFUSED = {
     ),
     "exploration_share": (["poise.selection.exploration_share=1.5"], "poise.selection.exploration_share"),
     "history": (["poise.selection.history.base_skip=0.95"], "poise.selection.history needs 0 <= base_skip"),
+    "selection_async": (
+        ["algo=poise_async", "poise.selection.mode=probe"], "poise.selection.mode=probe is not built for the asynch"
+    ),
+    "async_trainer_other_estimator": (
+        ["algo=grpo", "trainer.v1.trainer_mode=poise_colocate_async"], "expects algorithm.adv_estimator=poise"
+    ),
     "platform": (["runtime.platform=tpu"], "runtime.platform must be 'cpu' or 'gpu', got 'tpu'"),
     # sizes that cannot divide, and parallelism the attention cannot honour
     "budget": (["algo=dapo", "budget.rollouts_per_step=100"], "budget.rollouts_per_step=100 is not a multiple"),

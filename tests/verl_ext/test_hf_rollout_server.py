@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import threading
 
 import pytest
 import torch
@@ -205,3 +206,54 @@ def test_a_pause_longer_than_the_quiet_period_starts_a_new_batch(tiny_task):
     arrivals = [i * GAP_S for i in range(5)] + [4 * GAP_S + 4 * quiet + i * GAP_S for i in range(7)]
     batch_sizes, _ = _staggered_batches(tiny_task, arrivals, quiet_s=quiet)
     assert batch_sizes == [5, 7]
+
+
+class _SetAfter(threading.Event):
+    """An abort that lands after ``calls`` checks: the server's generate checks its abort once per token, so the
+    responses stop a known number of tokens in, with no race against a thread."""
+
+    def __init__(self, calls: int):
+        super().__init__()
+        self.remaining = calls
+
+    def is_set(self) -> bool:
+        self.remaining -= 1
+        return self.remaining < 0 or super().is_set()
+
+
+def test_abort_returns_partial_responses_and_resume_continues_them(tiny_task):
+    """Partial rollout, as verl's asynchronous trainers drive it: an abort ends the running generate with each
+    unfinished response as far as it got ("aborted"); new requests wait until resume_generation (or are refused
+    under reject_request); resumed from prompt + partial tokens, greedy decoding gives the uninterrupted response."""
+    greedy = {"temperature": 0.0, "max_tokens": 10, "logprobs": True}
+    prompt = [5, 10, 6, 24]
+    server = make_server(tiny_task, ignore_eos=True)  # every response runs to its budget: none ends on its own
+
+    async def run():
+        whole = await server.generate(prompt, dict(greedy), request_id="whole")
+        server._abort = _SetAfter(3)  # the abort arrives during the 4th token
+        cut = await server.generate(prompt, dict(greedy), request_id="cut")
+        server._abort = threading.Event()
+        await server.abort_all_requests()
+        waiting = asyncio.ensure_future(
+            server.generate(prompt + cut.token_ids, {**greedy, "max_tokens": 10 - len(cut.token_ids)}, request_id="r")
+        )
+        await asyncio.sleep(0.05)
+        await server.finish_weight_update(global_steps=7)  # the update the pause was for
+        await server.resume_generation()
+        rest = await waiting
+        await server.abort_all_requests(reject_request=True)
+        refused = await server.generate(prompt, dict(greedy), request_id="refused")
+        await server.resume_generation()
+        return whole, cut, rest, refused
+
+    whole, cut, rest, refused = asyncio.run(run())
+    assert whole.stop_reason == "completed" and len(whole.token_ids) == 10
+    assert cut.stop_reason == "aborted" and 1 <= len(cut.token_ids) < 10
+    assert cut.token_ids == whole.token_ids[: len(cut.token_ids)]
+    # Sent while generation was paused, it ran after the weight update, with the new version.
+    assert (cut.extra_fields["global_steps"], rest.extra_fields["global_steps"]) == (None, 7)
+    assert rest.stop_reason == "completed"
+    assert cut.token_ids + rest.token_ids == whole.token_ids
+    torch.testing.assert_close(torch.tensor(cut.log_probs + rest.log_probs), torch.tensor(whole.log_probs))
+    assert (refused.stop_reason, refused.token_ids) == ("aborted", [])

@@ -28,6 +28,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import threading
 import time
 from typing import Any
 
@@ -189,6 +190,12 @@ class HFRolloutServer:
         # Held by a batch while it generates and by a weight update while it writes, so weights never change
         # under a running generate.
         self._model_lock: asyncio.Lock | None = None
+        # Partial rollout (verl's asynchronous trainers): abort_all_requests sets _abort, which ends a running
+        # generate after its current token (the unfinished responses return as "aborted", as far as they got),
+        # and closes the gate, where new requests wait for resume_generation (or are refused, reject_request).
+        self._abort = threading.Event()
+        self._gate: asyncio.Event | None = None  # open (set) unless aborted; made in the actor's event loop
+        self._rejecting = False
 
     # ------------------------------------------------------------------
     # Generation
@@ -223,14 +230,31 @@ class HFRolloutServer:
         max_tokens = self._max_tokens(sampling_params, len(prompt_ids))
         return Request(prompt_ids, max_tokens, self._settings(sampling_params))
 
-    def token_output(self, result: tuple[list[int], list[float]], sampling_params: dict[str, Any]) -> TokenOutput:
-        token_ids, log_probs = result
+    def token_output(
+        self, result: tuple[list[int], list[float], bool], sampling_params: dict[str, Any]
+    ) -> TokenOutput:
+        token_ids, log_probs, aborted = result
         return TokenOutput(
             token_ids=token_ids,
             log_probs=log_probs if sampling_params.get("logprobs", False) else None,
-            stop_reason="completed",
+            # verl's asynchronous client sends an aborted request again, with its tokens so far, after the resume.
+            stop_reason="aborted" if aborted else "completed",
             extra_fields={"global_steps": self.global_steps},
         )
+
+    def _open_gate(self) -> asyncio.Event:
+        if self._gate is None:
+            self._gate = asyncio.Event()
+            self._gate.set()
+        return self._gate
+
+    async def _admitted(self) -> bool:
+        """Wait while generation is paused (abort_all_requests until resume_generation); False: refused."""
+        gate = self._open_gate()
+        if not gate.is_set() and self._rejecting:
+            return False
+        await gate.wait()
+        return True
 
     async def generate(
         self,
@@ -244,6 +268,8 @@ class HFRolloutServer:
         """Generate one response for ``prompt_ids``, batched with the requests that arrive with it."""
         if image_data is not None or video_data is not None:
             raise NotImplementedError("the hf rollout server is text-only")
+        if not await self._admitted():
+            return self.token_output(([], [], True), sampling_params)
         if self._batcher is None:
             self._batcher = QuietBatcher(
                 self.run_requests, self.batch_wait_s, self.max_batch_delay_s, self.config.max_num_seqs
@@ -254,11 +280,14 @@ class HFRolloutServer:
     async def generate_many(self, prompts: list[tuple[list[int], dict[str, Any]]]) -> list[TokenOutput]:
         """Generate one response per ``(prompt_ids, sampling_params)`` at once: a client that batched its requests
         itself (:class:`~poise_verl.verl_ext.cpu.agent_loop.HFServerClient`) sends them in one call."""
+        if not await self._admitted():
+            return [self.token_output(([], [], True), params) for _, params in prompts]
         results = await self.run_requests([self.request(ids, params) for ids, params in prompts])
         return [self.token_output(result, params) for result, (_, params) in zip(results, prompts, strict=True)]
 
-    async def run_requests(self, requests: list[Request]) -> list[tuple[list[int], list[float]]]:
-        """(token ids, log-probs) per request: one ``generate`` per sampling setting and ``max_num_seqs`` chunk."""
+    async def run_requests(self, requests: list[Request]) -> list[tuple[list[int], list[float], bool]]:
+        """(token ids, log-probs, aborted) per request: one ``generate`` per sampling setting and ``max_num_seqs``
+        chunk. A chunk that reaches the model after an abort returns at once, every request aborted and empty."""
         groups: dict[SamplingSettings, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(request.settings, []).append(index)
@@ -268,22 +297,26 @@ class HFRolloutServer:
             for start in range(0, len(indices), max_batch):
                 chunk = indices[start : start + max_batch]
                 async with self._lock():
-                    outputs = await asyncio.to_thread(
-                        self.generate_batch,
-                        [requests[i].prompt_ids for i in chunk],
-                        [requests[i].max_tokens for i in chunk],
-                        settings,
-                    )
+                    if self._abort.is_set():
+                        outputs = [([], [], True)] * len(chunk)
+                    else:
+                        outputs = await asyncio.to_thread(
+                            self.generate_batch,
+                            [requests[i].prompt_ids for i in chunk],
+                            [requests[i].max_tokens for i in chunk],
+                            settings,
+                        )
                 for i, output in zip(chunk, outputs, strict=True):
                     results[i] = output
         return results
 
     def generate_batch(
         self, prompts: list[list[int]], max_tokens: list[int], settings: SamplingSettings
-    ) -> list[tuple[list[int], list[float]]]:
-        """One left-padded ``generate`` for all ``prompts``; returns (token ids, log-probs) per prompt.
+    ) -> list[tuple[list[int], list[float], bool]]:
+        """One left-padded ``generate`` for all ``prompts``; returns (token ids, log-probs, aborted) per prompt.
 
-        Each response is cut at its first stop token (inclusive) and at its own ``max_tokens``.
+        Each response is cut at its first stop token (inclusive) and at its own ``max_tokens``; an abort ends the
+        call after the current token, the unfinished responses returned as far as they got.
         """
         stop_ids = set(settings.stop_token_ids)
         if not self.config.ignore_eos:
@@ -298,8 +331,9 @@ class HFRolloutServer:
             top_p=settings.top_p,
             top_k=settings.top_k,
             log_probs=True,
+            stop=self._abort,
         )
-        return [(response.token_ids, response.log_probs) for response in responses]
+        return [(response.token_ids, response.log_probs, response.aborted) for response in responses]
 
     # ------------------------------------------------------------------
     # Weight sync (called by HFServerAdapter in the actor worker)
@@ -353,11 +387,21 @@ class HFRolloutServer:
             return
 
     async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:
-        # Requests are short and finished whole; there is nothing partial to save.
-        return {"aborted_count": 0, "request_ids": []}
+        """Pause generation (verl's asynchronous trainers, before a weight update): the running ``generate`` ends
+        after its current token and its unfinished responses return "aborted" with their tokens so far; requests
+        already queued return "aborted" and empty; new ones wait for :meth:`resume_generation` (``reject_request``:
+        return "aborted" at once). Returns when no generate is running, so the weights can change."""
+        self._open_gate().clear()
+        self._rejecting = reject_request
+        self._abort.set()
+        async with self._lock():  # the running generate has stopped and handed its responses back
+            pass
+        return {"aborted_count": 0, "request_ids": []}  # the hf server keeps no request ids
 
     async def resume_generation(self) -> None:
-        return None
+        self._abort.clear()
+        self._rejecting = False
+        self._open_gate().set()
 
     async def start_profile(self, **kwargs) -> None:
         return None

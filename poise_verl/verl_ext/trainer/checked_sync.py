@@ -30,14 +30,32 @@ def per_rollout_advantage_std(advantages: torch.Tensor, response_mask: torch.Ten
     return float(per_rollout.std())
 
 
-@register_trainer(TrainerMode.CHECKED_SYNC)
-class CheckedSyncTrainer(PPOTrainerSync):
-    """``PPOTrainerSync`` under another registered name, with verl's sync semantics kept.
+def partial_rollout_share(tags: list[dict]) -> dict[str, float]:
+    """The share of a batch's rollouts generated across a weight update (partial rollouts, whose tokens come from
+    two or more policy versions), from verl's per-trajectory tags.
 
-    verl 0.9.1 keys its synchronous behaviour on the mode's *name* (``trainer_mode == "sync"``): the
-    synchronous replay buffer, exact DAPO refills, no TransferQueue state in checkpoints. A subclass
-    registered under another name would silently get the asynchronous variants, so it reports ``sync``.
+    Each trajectory records the weight versions it started and ended under (``min_global_steps``,
+    ``max_global_steps``); verl logs how far behind they are (``training/off_policy/trajectory_staleness*``) and
+    how many versions one spans, but not how many rollouts were partial. 0 under a synchronous trainer.
     """
+    spans = [
+        (tag["min_global_steps"], tag["max_global_steps"])
+        for tag in tags
+        if not tag.get("is_padding", False) and tag.get("min_global_steps") is not None
+    ]
+    if not spans:
+        return {}
+    return {"rollout/partial_share": float(np.mean([last is not None and last > first for first, last in spans]))}
+
+
+class CheckedSteps:
+    """The checks and the shared metrics every poise-verl trainer mode adds to verl's step, sync or asynchronous:
+    a non-finite reward stops the run, ``training/adv_std``, ``rollout/partial_share``, the replay buffer's poll."""
+
+    def _step_once(self, metrics, timing_raw, sample_batch_size):
+        batch = super()._step_once(metrics, timing_raw, sample_batch_size)
+        metrics.update(partial_rollout_share(batch.tags))
+        return batch
 
     def _check_rewards(self, uids: np.ndarray, rewards: torch.Tensor) -> None:
         """A non-finite reward is an error naming the rollout and the reward function, never a NaN advantage."""
@@ -72,13 +90,32 @@ class CheckedSyncTrainer(PPOTrainerSync):
             buffer.poll_interval = float(poll_interval)
         return buffer
 
-    @property
-    def trainer_mode(self) -> str:
-        return "sync"
 
-    @trainer_mode.setter
-    def trainer_mode(self, registered_name: str) -> None:  # verl assigns the configured name in __init__
-        pass
+def reports_mode(verl_mode: str) -> type:
+    """A mixin making a trainer registered under its own name behave as verl's mode ``verl_mode``.
+
+    verl 0.9.1 keys its behaviour on the mode's *name* (``trainer_mode == "sync"``): the synchronous or the
+    asynchronous replay buffer, exact DAPO refills, TransferQueue state in checkpoints or not, the mode's config
+    section (``trainer.v1.<mode>``). A subclass registered under another name would silently get the
+    asynchronous variants, so it reports the verl mode it extends.
+    """
+
+    class ReportsMode:
+        @property
+        def trainer_mode(self) -> str:
+            return verl_mode
+
+        @trainer_mode.setter
+        def trainer_mode(self, registered_name: str) -> None:  # verl assigns the configured name in __init__
+            pass
+
+    ReportsMode.__name__ = ReportsMode.__qualname__ = f"Reports_{verl_mode}"
+    return ReportsMode
+
+
+@register_trainer(TrainerMode.CHECKED_SYNC)
+class CheckedSyncTrainer(CheckedSteps, reports_mode("sync"), PPOTrainerSync):
+    """verl's ``PPOTrainerSync`` plus :class:`CheckedSteps`, with verl's sync semantics kept."""
 
 
 @register_trainer(TrainerMode.DAPO)

@@ -75,10 +75,11 @@ class StepRollouts:
     empty_responses: int
 
 
-@register_trainer(TrainerMode.POISE)
-class PoiseTrainer(PromptSelection, CheckedSyncTrainer):
-    """verl's sync trainer with POISE's feature capture, probe baselines, optional prompt selection
-    (``PromptSelection``) and POISE's state in checkpoints."""
+class PoiseSteps(PromptSelection):
+    """POISE's hooks on verl's trainer step: feature capture, probe baselines, the refit after the advantages,
+    optional prompt selection (``PromptSelection``) and POISE's state in checkpoints. Mixed into verl's sync
+    trainer (:class:`PoiseTrainer`) and into its colocated asynchronous one
+    (:class:`poise_verl.verl_ext.trainer.colocate_async.PoiseColocateAsyncTrainer`)."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -337,3 +338,8 @@ class PoiseTrainer(PromptSelection, CheckedSyncTrainer):
             path,
             ray.get(self.replay_buffer_actor.num_rows.remote()),
         )
+
+
+@register_trainer(TrainerMode.POISE)
+class PoiseTrainer(PoiseSteps, CheckedSyncTrainer):
+    """verl's sync trainer with POISE (``trainer.v1.trainer_mode=poise``, what ``algo=poise`` runs)."""
