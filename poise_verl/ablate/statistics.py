@@ -135,7 +135,7 @@ def step_statistics(frame: pd.DataFrame) -> dict[str, float | None]:
     std = next((training[key] for key in ADVANTAGE_STD_KEYS if key in training), None)
     statistics = {"advantage_variance": mean(std**2 if std is not None else None)}
     for name, column in _STEP_COLUMNS.items():
-        statistics[name] = mean(training[column] if column in training else None)
+        statistics[name] = mean(training.get(column))
     return statistics
 
 

@@ -105,6 +105,21 @@ def run_main(
     return Run(out.returncode, log, checkpoint_dir)
 
 
+def compose_config(*overrides: str, resolve: bool = True):
+    """The main job's config for OVERRIDES, as `python -m poise_verl.main` composes it (no launch)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from poise_verl.config import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO / "hydra_configs"), version_base=None):
+        config = compose("poise_trainer", overrides=list(overrides))
+    if resolve:
+        OmegaConf.resolve(config)
+    return config
+
+
 def composed_config(workdir: Path):
     """The config the newest launch in WORKDIR ran with (Hydra's ``.hydra/config.yaml``), resolved."""
     from omegaconf import OmegaConf

@@ -10,7 +10,7 @@ tests run the start-up checks `python -m poise_verl.main` runs before Ray (poise
 from __future__ import annotations
 
 import pytest
-from conftest import compose_config
+from e2e_runner import compose_config
 
 from poise_verl.config import validate
 

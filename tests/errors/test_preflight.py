@@ -16,8 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import compose_config
-from e2e_runner import last_lines, run_main
+from e2e_runner import compose_config, last_lines, run_main
 
 from poise_verl.preflight import (
     PreflightError,

@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from e2e_runner import compose_config
 from tensordict import TensorDict
 
 from poise_verl.verl_ext.reward_guard import RewardFunctionError

@@ -12,8 +12,7 @@ import os
 
 import pytest
 import ray
-from conftest import compose_config
-from e2e_runner import last_lines, run_main
+from e2e_runner import compose_config, last_lines, run_main
 
 from poise_verl.launch import prepare
 from poise_verl.preflight import PreflightError

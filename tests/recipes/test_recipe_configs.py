@@ -376,3 +376,51 @@ def test_the_citation_check_catches_an_uncited_value(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("a:\n  # [official] cited\n  b: 1\n  c: 2\n\n  d: 3\n  # no tag here\n  e: 4\n")
     assert [p.split(": ", 1)[1] for p in uncited_values(recipe)] == ["d: 3", "e: 4"]
+
+
+ASYNC_OF = {"poise_async": "poise", "grpo_async": "grpo"}
+
+
+def _leaves(node, prefix="") -> dict[str, object]:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+@pytest.mark.filterwarnings("ignore:Disabled critic")
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("algo", sorted(ASYNC_OF))
+def test_the_asynchronous_switch_changes_only_the_trainer_and_the_correction(tiny_cache, recipe, algo):
+    """`algo=poise_async` / `grpo_async` on a GPU recipe: verl's colocated asynchronous trainer under the project's
+    mode, rollout correction from the rollout's log-probs, and every other setting as the sync algorithm's."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from poise_verl.config import validate
+
+    asynchronous, synchronous = _composed(recipe, algo), _composed(recipe, ASYNC_OF[algo])
+    validate(asynchronous)
+    validate_config(
+        config=asynchronous,
+        use_reference_policy=need_reference_policy(asynchronous),
+        use_critic=need_critic(asynchronous),
+    )
+    mine = _leaves(OmegaConf.to_container(asynchronous))
+    theirs = _leaves(OmegaConf.to_container(synchronous))
+    changed = {key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key)}
+    assert changed == {
+        "trainer.v1.trainer_mode",
+        "algorithm.rollout_correction.rollout_is",  # the recipes log the rollout's log-probs already
+        "algo_name",
+        "trainer.experiment_name",  # <recipe>_<algo_name>: its own checkpoint folder and trace
+        "trainer.default_local_dir",
+        "actor_rollout_ref.rollout.trace.experiment_name",
+    }, changed
+    assert mine["trainer.v1.trainer_mode"] == ("poise_colocate_async" if algo == "poise_async" else "checked_colocate_async")
+    assert (mine["actor_rollout_ref.rollout.calculate_log_probs"], mine["algorithm.rollout_correction.rollout_is"]) == (
+        True,
+        "token",
+    )

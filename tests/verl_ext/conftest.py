@@ -6,7 +6,6 @@ Everything is built in a temporary directory; nothing is downloaded.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from pathlib import Path
 
@@ -26,14 +25,6 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
         return 1.0
     return 0.5 if solution_str[:1].isdigit() else 0.0
 '''
-
-
-def cpu_env() -> dict[str, str]:
-    """This process's environment plus what ``platform/cpu.yaml`` gives every Ray process: the environment of a
-    subprocess that runs verl on the CPU outside Ray."""
-    from poise_verl.verl_ext.cpu import platform_env_vars
-
-    return {**os.environ, **platform_env_vars()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cpu_env
+from cpu_env import cpu_env
 
 SCRIPT = Path(__file__).with_name("engine_capture_check.py")
 

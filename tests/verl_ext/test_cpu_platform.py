@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import cpu_env
+from cpu_env import cpu_env
 
 
 def run_python(code: str, **extra_env: str) -> str:
