@@ -298,7 +298,7 @@ class HFRolloutServer:
                 chunk = indices[start : start + max_batch]
                 async with self._lock():
                     if self._abort.is_set():
-                        outputs = [([], [], True)] * len(chunk)
+                        outputs = [([], [], True) for _ in chunk]  # fresh lists: no two outputs share one
                     else:
                         outputs = await asyncio.to_thread(
                             self.generate_batch,
