@@ -21,7 +21,7 @@ It reports the median step time over steps 3 and later of each (the first two ca
 the ratios GRPO/plain (the plain step at its faster thread count) and POISE/GRPO; the median of each of
 verl's ``timing_s/*`` phases (from the run's metrics JSONL); CPU seconds per process over the same steps
 (the machine has 2 cores: what no process uses is time spent waiting); and start-up: launch until step 1
-begins (step 1's log time minus its own duration); for the selecting runs, the choosing's share of a step
+begins (step 1's log time minus its own duration), and the CPU seconds each process spent until step 1 was logged; for the selecting runs, the choosing's share of a step
 (median ``timing_s/select`` over the median step, on the steps that selected). Ratios are the result;
 absolute seconds depend on the machine and its load (the load average is recorded before and after).
 
@@ -124,6 +124,7 @@ def run_entry_point(algo: str, steps: int, workdir: Path, overrides: list[str], 
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         watch = ProcessWatch(process.pid)
+        watch.mark("launch")
         seen: dict[int, float] = {}
         try:
             while process.poll() is None:
@@ -167,6 +168,11 @@ def run_entry_point(algo: str, steps: int, workdir: Path, overrides: list[str], 
         "reward_mean": {step: metrics[step].get("critic/score/mean") for step in step_times},
     }
     result.update(selection_share(metrics, steady))
+    if "step1" in watch.marks:
+        # Start-up's CPU: from the launch until step 1 is logged (step 1 included: its share is small), per process.
+        _, per_process = watch.cpu_between("launch", "step1")
+        result["startup_cpu_s"] = {name: round(value, 2) for name, value in per_process.items()}
+        result["startup_cpu_total_s"] = sum(per_process.values())
     first, last = f"step{FIRST_STEADY_STEP - 1}", f"step{steps}"
     if first in watch.marks and last in watch.marks:
         window, per_process = watch.cpu_between(first, last)
@@ -253,6 +259,10 @@ def report(results: dict) -> str:
     for name, run in runs.items():
         lines += ["", f"{name}, median seconds per phase:", ""]
         lines.append(", ".join(f"{key} {value:.3f}" for key, value in run["phases_median_s"].items()))
+        if "startup_cpu_s" in run:
+            total = run["startup_cpu_total_s"]
+            lines += ["", f"{name}, CPU seconds until step 1 is logged, by process ({total:.1f} in all):", ""]
+            lines.append(", ".join(f"{k} {v:.1f}" for k, v in run["startup_cpu_s"].items() if v >= 0.1))
         if "cpu_s_per_step" in run:
             busy = run["cores_busy"]
             lines += ["", f"{name}, CPU seconds per step by process (cores busy on average: {busy:.2f}):", ""]

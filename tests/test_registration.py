@@ -138,14 +138,47 @@ def test_a_process_not_on_the_cpu_platform_keeps_verls_engines_untouched():
     assert gpu["offload_policy"].startswith("torch."), gpu["offload_policy"]
 
 
-def test_entry_points_load_the_cpu_platform_before_the_engine_modules():
-    """verl loads entry points in the listed order; importing verl's engines asks for the platform, so the CPU
-    platform's entry must come before the capture engine's and the trainer's."""
-    from importlib.metadata import entry_points
+# verl's registries and the modules of ours that go into them: a process loading the entry points imports none.
+REGISTRY_MODULES = [
+    "verl.trainer.ppo.core_algos",
+    "verl.trainer.ppo.v1",
+    "verl.workers.engine",
+    "poise_verl.verl_ext.adv_estimator",
+    "poise_verl.verl_ext.capture_engine",
+    "poise_verl.verl_ext.trainer.poise",
+    "poise_verl.verl_ext.cpu.hf_rollout",
+]
 
-    names = [ep.value for ep in entry_points(group="verl.plugins") if ep.value.startswith("poise_verl")]
-    assert names.index("poise_verl.verl_ext.cpu") < names.index("poise_verl.verl_ext.capture_engine"), names
-    assert names.index("poise_verl.verl_ext.cpu") < names.index("poise_verl.verl_ext.trainer"), names
+
+def _imported_after(code: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERL_")}
+    env["VERL_PLATFORM"] = "cpu"
+    probe = f"import json, sys\n{code}\nprint('RESULT' + json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.split("RESULT", 1)[1])
+
+
+def test_loading_the_entry_points_imports_no_registry_until_it_is_used():
+    """Every Ray process imports verl and with it the entry points; the load balancer, the reward workers and the
+    TransferQueue actors never look up an estimator, a trainer mode or an engine, so they must not pay for
+    importing verl's algorithm, trainer and engine modules (about 4 s of CPU each, measured) or ours."""
+    loaded = _imported_after("import verl")
+    assert "poise_verl.verl_ext.cpu" in loaded and "poise_verl.verl_ext.trainer" in loaded  # the entry points ran
+    assert not [name for name in REGISTRY_MODULES if name in loaded]
+    # Importing one of the trainer modules directly (verl's registry is imported from inside it) registers all.
+    used = _imported_after(
+        "import poise_verl.verl_ext.trainer.checked_sync\n"
+        "from verl.trainer.ppo.v1 import get_trainer_cls\n"
+        "assert get_trainer_cls('poise_colocate_async').__name__ == 'PoiseColocateAsyncTrainer'"
+    )
+    assert set(REGISTRY_MODULES) - {"poise_verl.verl_ext.cpu.hf_rollout"} <= set(used)
+
+
+def test_the_probe_workers_import_no_verl():
+    """The replay buffer and the probe worker are Ray actors of pure torch: their module imports no verl."""
+    loaded = _imported_after("import poise_verl.verl_ext.probe_worker")
+    assert "verl" not in loaded and "torch" in loaded
 
 
 def test_estimator_resolves_inside_a_ray_worker():

