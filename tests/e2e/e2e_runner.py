@@ -238,6 +238,11 @@ def start_main(args: list[str], workdir: Path, small: list[str] = SMALL, sigint_
     return Launch(process, log_path, checkpoint_dir, marker, ray_dir)
 
 
+def step_line(n: int) -> str:
+    """A regex for verl's console line of training step N ("step:N - ..."; not "global_step:N")."""
+    return rf"(?<![\w/])step:{n} - "
+
+
 def last_lines(log: str, count: int = 8) -> str:
     """The last COUNT non-empty lines of an output: what a user reads when a run stops."""
     return "\n".join([line for line in log.splitlines() if line.strip()][-count:])

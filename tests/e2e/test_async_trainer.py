@@ -12,22 +12,31 @@ the partial responses), so this is verl's own asynchronous machinery, not a simu
   policy one update behind (verl's `training/off_policy/trajectory_staleness*`), whose behaviour log-probs then
   differ from the trained policy's and rollout correction weighs them with the same metrics as under GRPO;
 - the resume from step 4's checkpoint, which restores POISE's probes and buffer and verl's queue of prompts
-  generated ahead.
+  generated ahead, and then Ctrl-C while the trainer generates ahead: the run stops with every process it
+  started and names the checkpoint the same command resumes from.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+
+import psutil
 import pytest
-from e2e_runner import assert_finite, composed_config, run_main
+from e2e_runner import Run, assert_finite, composed_config, last_lines, run_main, start_main, step_line
 from step_dumps import assert_rows_pair_with_their_siblings, replay_probe_predictions
 
 from poise_verl.verl_ext.feature_dump import load_step_dumps
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.slow(launches=3), pytest.mark.timeout(1500)]
 
 COMMON = ["trainer.val_before_train=false", "trainer.test_freq=-1"]
 STALENESS = "training/off_policy/trajectory_staleness_worst/max"
 ASYNC_KEYS = [STALENESS, "training/off_policy/trajectory_spans/max", "rollout/partial_share"]
+# Generous for a loaded 2-core machine: bounds on behaviour, not a benchmark.
+STOP_BOUND_S = 90
+STEP_BOUND_S = 900
 
 
 def _correction_metrics(values: dict[str, float]) -> set[str]:
@@ -82,13 +91,34 @@ def test_poise_and_grpo_train_asynchronously_keep_the_probe_order_and_resume(tmp
     assert compared == 3  # steps 2-4: the probe fitted on the batches before each
     assert largest_peeking_difference > 1e-3, largest_peeking_difference
 
-    # Resume from step 4's checkpoint: POISE's probes and buffer, and verl's queue of prompts generated ahead.
-    second = run_main(["algo=poise_async", "trainer.total_training_steps=5", "trainer.save_freq=-1", *COMMON],
-                      tmp_path / "poise")
-    assert second.returncode == 0, second.log[-4000:]
-    assert "Resuming from" in second.log and "global_step_4" in second.log
-    assert "Restored POISE state from" in second.log
-    assert "Loading TransferQueue state from" in second.log
-    resumed = second.metrics()
-    assert 5 in resumed and resumed[5]["poise/buffer_rows"] == 5 * 16
+    # Resume from step 4's checkpoint: POISE's probes and buffer, and verl's queue of prompts generated ahead. Then
+    # Ctrl-C (SIGINT to the process group, as a terminal sends it) while the next batch is generating ahead: the
+    # run and every process it started stop, and the last line says where the same command resumes.
+    second = start_main(["algo=poise_async", "trainer.total_training_steps=100", "trainer.save_freq=-1", *COMMON],
+                        tmp_path / "poise")
+    try:
+        reached = second.wait_for(step_line(6), STEP_BOUND_S)
+        log = second.log()
+        assert reached, last_lines(log, 40)
+        assert "Resuming from" in log and "global_step_4" in log
+        assert "Restored POISE state from" in log
+        assert "Loading TransferQueue state from" in log
+        assert not re.search(step_line(4), log), "the resumed run redid step 4"
+        launched = second.processes()
+        assert len(launched) > 3, "expected the driver, its Ray cluster and the Ray workers"
+        os.killpg(second.process.pid, signal.SIGINT)
+        returncode = second.process.wait(timeout=STOP_BOUND_S)
+        _, alive = psutil.wait_procs(launched, timeout=STOP_BOUND_S)
+        left = {f"{p.pid} {p.name()}" for p in alive} | {f"{p.pid} {p.name()}" for p in second.processes()}
+        log = second.log()
+    finally:
+        second.kill_all()
+    assert returncode == 130, last_lines(log, 20)
+    assert not left, f"processes of the interrupted run still alive: {sorted(left)}"
+    assert last_lines(log, 1) == (
+        "poise-verl: interrupted (Ctrl-C); the run and its Ray processes are stopped; the same command resumes "
+        f"from {second.checkpoint_dir / 'global_step_4'}."
+    ), last_lines(log, 10)
+    resumed = Run(returncode, log, second.checkpoint_dir).metrics()
+    assert resumed[5]["poise/buffer_rows"] == 5 * 16 and resumed[6]["poise/buffer_rows"] == 6 * 16
     assert_finite(resumed[5], ASYNC_KEYS)

@@ -3,20 +3,32 @@
 Each test launches `python -m poise_verl.main` (nothing mocked): Ray on loopback, verl's FSDP2 actor worker
 group, the transformers rollout server, the feature-capture engine, the probe worker and the replay-buffer
 actor. The assertions are what a user would check: metrics exist and are finite, the probe was refit, the
-policy's weights moved, a resumed run continues at the next step with its buffer.
+policy's weights moved, a run killed mid-checkpoint resumes from the checkpoint before, with its buffer, and
+Ctrl-C stops everything it started.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 
+import psutil
 import pytest
 import torch
-from e2e_runner import assert_finite, composed_config, last_lines, run_main, wandb_history
+from e2e_runner import (
+    SMALL_DEFAULT_MICRO_BATCHES,
+    assert_finite,
+    composed_config,
+    last_lines,
+    run_main,
+    start_main,
+    step_line,
+)
 from safetensors.torch import load_file
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 POISE_KEYS = [
     "poise/probe_mae",
@@ -41,73 +53,152 @@ def _weights(path):
 
 
 # The run also selects its prompts with the history filter (issue 13's baseline): every step draws twice the
-# prompts, keeps its usual 8, and the filter's per-prompt history must survive the resume.
+# prompts, keeps its usual share, and the filter's per-prompt history must survive the resume.
 HISTORY = ["poise.selection.mode=history"]
+# 32 rollouts per step with the default micro-batch sizes (they follow the budget; fixed at 64 they refused it).
+ROLLOUTS = 32
+RUN = [f"budget.rollouts_per_step={ROLLOUTS}", "trainer.save_freq=2", "trainer.test_freq=-1", *HISTORY]
+# Generous for a loaded 2-core machine: bounds on behaviour, not a benchmark.
+STOP_BOUND_S = 90
+STEP_BOUND_S = 900
 
 
 def _history(checkpoint) -> dict:
     return torch.load(checkpoint / "poise_state.pt", weights_only=False)["selection"]["history"]["streaks"]
 
 
-def test_poise_trains_saves_and_resumes(tiny_assets, tmp_path):
-    first = run_main(
-        ["trainer.total_training_steps=3", "trainer.save_freq=3", "trainer.logger=[console,file,wandb]", *HISTORY],
-        tmp_path,
-        env={"WANDB_DIR": str(tmp_path)},
-    )
-    assert first.returncode == 0, first.log[-4000:]
-    metrics = first.metrics()
-    # wandb (offline, as the README says it works) holds the same POISE metrics as the metrics file.
-    (wandb_run,) = (tmp_path / "wandb").glob("offline-run-*")
-    logged = wandb_history(wandb_run)
-    for step in (2, 3):
-        for key in ("poise/probe_pearson", "poise/buffer_rows", "poise/phase_probe"):
-            assert logged[step][key] == pytest.approx(metrics[step][key]), (step, key)
-    (first_metrics_file,) = (first.checkpoint_dir / "metrics").glob("*.jsonl")
+def _tracker(checkpoint_dir) -> str | None:
+    path = checkpoint_dir / "latest_checkpointed_iteration.txt"
+    return path.read_text().strip() if path.exists() else None
+
+
+def _metrics_file(path) -> dict[int, dict[str, float]]:
+    """{step: metrics} of one launch's metrics JSONL, its whole lines (the launch may be writing the last one)."""
+    steps = {}
+    for line in path.read_text().splitlines(keepends=True):
+        if line.endswith("\n"):
+            row = json.loads(line)
+            steps[row["step"]] = row["data"]
+    return steps
+
+
+@pytest.mark.slow(launches=2)
+def test_poise_trains_survives_a_kill_mid_checkpoint_resumes_and_stops_on_ctrl_c(tiny_assets, tmp_path):
+    """A user's run, start to end, in two launches of the same command (and a third that stops before Ray):
+
+    1. POISE trains with validation before step 1, saves at step 2 and is SIGKILLed in the middle of writing
+       the checkpoint of step 4. The kill point is made certain, with no clock: ``global_step_4/data.pt`` is a
+       FIFO, so the trainer blocks opening it after it wrote POISE's state and the actor, before verl's tracker
+       file (``latest_checkpointed_iteration.txt``, written last) moves past step 2.
+    2. The same command again, launched as a script's background job is (SIGINT ignored), resumes from step 2:
+       verl restores the actor, POISE its probes, replay buffer and selection history. It overwrites the torn
+       step-4 folder and saves it whole; then Ctrl-C (SIGINT to its process group, as a terminal sends it)
+       stops the run and every process it started, and the last line says where the same command resumes.
+    3. The evaluation command reads the checkpoint the trainer wrote; cut short, the same checkpoint stops the
+       next launch before Ray, naming the file and the command that resumes from the one before it.
+    """
+    checkpoint_dir = tmp_path / "ckpt"
+    torn = checkpoint_dir / "global_step_4"
+    torn.mkdir(parents=True)
+    os.mkfifo(torn / "data.pt")  # the trainer blocks here, mid-way through writing checkpoint 4
+
+    first = start_main([*RUN, "trainer.total_training_steps=4"], tmp_path, small=SMALL_DEFAULT_MICRO_BATCHES)
+    try:
+        written = first.wait_for(step_line(2), STEP_BOUND_S) and first.wait_for(
+            r"Saving checkpoint to .*global_step_4", STEP_BOUND_S
+        )
+        assert written, last_lines(first.log(), 40)
+        # The actor's files of step 4 are written (the same names as step 2's) before data.pt is opened.
+        actor_files = {p.name for p in (checkpoint_dir / "global_step_2" / "actor").iterdir()}
+        actor_written = first.wait_until(
+            lambda: actor_files <= {p.name for p in (torn / "actor").glob("*")}, STEP_BOUND_S
+        )
+        assert actor_written, last_lines(first.log(), 40)
+        assert (torn / "poise_state.pt").exists()
+        assert _tracker(checkpoint_dir) == "2", "the kill must land before the tracker moves to step 4"
+        os.killpg(first.process.pid, signal.SIGKILL)
+        first.finish(STOP_BOUND_S)  # SIGKILLs any process of the launch outside the group too
+    finally:
+        first.kill_all()
+    assert first.process.returncode == -signal.SIGKILL
+    assert _tracker(checkpoint_dir) == "2"
+    (torn / "data.pt").unlink()
+    (torn / "data.pt").write_bytes(b"torn")  # what a kill mid-write leaves
+
+    # What the first launch logged before the kill: steps 1-3 (step 4's line comes after its checkpoint).
+    (first_metrics_file,) = (checkpoint_dir / "metrics").glob("*.jsonl")
     first_metrics_text = first_metrics_file.read_text()
+    metrics = _metrics_file(first_metrics_file)
     assert any(k.startswith("val-core/") for k in metrics[0]), "no validation before training"
     # Step 1 is a bootstrap step (RLOO); from step 2 the probe, fitted on step 1's rows, gives the baselines.
     assert metrics[1]["poise/phase_probe"] == 0.0 and metrics[2]["poise/phase_probe"] == 1.0
     for step in (2, 3):
         assert_finite(metrics[step], POISE_KEYS)
     assert metrics[3]["poise/probe_num_fits"] == 3.0
-    assert metrics[3]["poise/buffer_rows"] == 3 * 16  # 8 prompts x 2 per step: the budget, whatever was drawn
+    assert metrics[3]["poise/buffer_rows"] == 3 * ROLLOUTS  # prompts x 2 per step: the budget, whatever was drawn
+    prompts = ROLLOUTS // 2
     for step in (1, 2, 3):
         assert metrics[step]["poise/selection/active"] == 1.0
-        assert (metrics[step]["poise/selection/candidates"], metrics[step]["poise/selection/kept"]) == (
-            16.0,
-            8.0,
-        )
+        selection = (metrics[step]["poise/selection/candidates"], metrics[step]["poise/selection/kept"])
+        assert selection == (2.0 * prompts, float(prompts))
         assert 0.0 <= metrics[step]["poise/zero_variance_share"] <= 1.0
-    history = _history(first.checkpoint_dir / "global_step_3")
-    assert len(history) == 3 * 8 and set(history.values()) <= {0, 1}  # each kept prompt visited once
-
+    history = _history(checkpoint_dir / "global_step_2")
+    assert len(history) == 2 * prompts and set(history.values()) <= {0, 1}  # each kept prompt visited once
     # The actor's weights moved away from the tiny policy it started from.
     initial = load_file(tiny_assets / "model" / "model.safetensors")
-    trained = _weights(first.checkpoint_dir / "global_step_3" / "actor" / "model_world_size_1_rank_0.pt")
+    trained = _weights(checkpoint_dir / "global_step_2" / "actor" / "model_world_size_1_rank_0.pt")
     moved = max((trained[k].float() - initial[k].float()).abs().max().item() for k in initial if k in trained)
     assert moved > 0.0
 
-    # Resume: same folder, more steps. verl restores the actor; POISE restores probe and buffer.
-    second = run_main(["trainer.total_training_steps=4", "trainer.save_freq=4", *HISTORY], tmp_path)
-    assert second.returncode == 0, second.log[-4000:]
-    assert "Resuming from" in second.log and "global_step_3" in second.log
-    assert re.search(r"Restored POISE state from .*global_step_3.* \(48 buffer rows\)", second.log)
-    resumed = second.metrics()
-    assert 4 in resumed and resumed[4]["poise/buffer_rows"] == 4 * 16
-    assert resumed[4]["poise/probe_num_fits"] == 4.0
-    assert_finite(resumed[4], POISE_KEYS)
-    after = _history(second.checkpoint_dir / "global_step_4")
-    assert set(history) < set(after)  # the restored history, plus step 4's prompts
+    second = start_main(
+        [*RUN, "trainer.total_training_steps=100"], tmp_path, small=SMALL_DEFAULT_MICRO_BATCHES, sigint_ignored=True
+    )
+    try:
+        resumed = second.wait_for(step_line(4), STEP_BOUND_S)
+        log = second.log()
+        assert resumed, last_lines(log, 40)
+        assert re.search(r"Resuming from .*global_step_2\b", log), last_lines(log, 40)
+        assert re.search(
+            rf"Restored POISE state from .*global_step_2/poise_state\.pt \({2 * ROLLOUTS} buffer rows\)", log
+        )
+        assert not re.search(step_line(1), log), "the resumed run started over"
+        rewritten = second.wait_until(lambda: _tracker(checkpoint_dir) == "4", STEP_BOUND_S)
+        assert rewritten, "the torn step-4 checkpoint was not rewritten"
+        second_metrics_file = next(p for p in (checkpoint_dir / "metrics").glob("*.jsonl") if p != first_metrics_file)
+        assert second.wait_until(lambda: 4 in _metrics_file(second_metrics_file), STEP_BOUND_S)
+        launched = second.processes()
+        assert len(launched) > 3, "expected the driver, its Ray cluster and the Ray workers"
+        os.killpg(second.process.pid, signal.SIGINT)
+        returncode = second.process.wait(timeout=STOP_BOUND_S)
+        _, alive = psutil.wait_procs(launched, timeout=STOP_BOUND_S)
+        left = {f"{p.pid} {p.name()}" for p in alive} | {f"{p.pid} {p.name()}" for p in second.processes()}
+        log = second.log()
+    finally:
+        second.kill_all()
+    assert returncode == 130, last_lines(log, 20)
+    assert not left, f"processes of the interrupted run still alive: {sorted(left)}"
+    # The signal lands between steps: the run may have saved a later checkpoint than step 4 by then (steps take
+    # well under a second here). The hint names the one verl's tracker points at, which is where it resumes.
+    latest = int(_tracker(checkpoint_dir))
+    assert latest >= 4
+    assert last_lines(log, 1) == (
+        "poise-verl: interrupted (Ctrl-C); the run and its Ray processes are stopped; the same command resumes "
+        f"from {checkpoint_dir / f'global_step_{latest}'}."
+    ), last_lines(log, 10)
+    resumed_metrics = _metrics_file(second_metrics_file)
+    assert resumed_metrics[4]["poise/buffer_rows"] == 4 * ROLLOUTS
+    assert resumed_metrics[4]["poise/probe_num_fits"] == 4.0
+    assert_finite(resumed_metrics[4], POISE_KEYS)
+    assert set(history) < set(_history(checkpoint_dir / "global_step_4"))  # the restored history, plus more
     # The first launch's metrics survive the resume: its file is untouched, the second launch wrote its own.
     assert first_metrics_file.read_text() == first_metrics_text
-    assert len(list((first.checkpoint_dir / "metrics").glob("*.jsonl"))) == 2
+    assert len(list((checkpoint_dir / "metrics").glob("*.jsonl"))) == 2
 
     # The evaluation command reads the checkpoint the trainer wrote: the actor's trained weights.
     from poise_verl.analysis.policy import load_policy
     from poise_verl.eval import main as evaluate
 
-    step_dir = second.checkpoint_dir / "global_step_4"
+    step_dir = checkpoint_dir / "global_step_4"
     model, _, layout = load_policy(step_dir)
     assert layout.kind == "verl"
     saved = _weights(step_dir / "actor" / "model_world_size_1_rank_0.pt")
@@ -123,23 +214,68 @@ def test_poise_trains_saves_and_resumes(tiny_assets, tmp_path):
 
     # A checkpoint cut short (the actor's weights) stops the next launch before Ray, naming the file and the
     # command that resumes from the previous checkpoint, instead of torch's zip-archive traceback.
-    actor_file = step_dir / "actor" / "model_world_size_1_rank_0.pt"
+    cut = checkpoint_dir / f"global_step_{latest}"
+    actor_file = cut / "actor" / "model_world_size_1_rank_0.pt"
     actor_file.write_bytes(actor_file.read_bytes()[: actor_file.stat().st_size // 2])
-    third = run_main(["trainer.total_training_steps=5", *HISTORY], tmp_path, timeout=300)
+    third = run_main([*RUN, "trainer.total_training_steps=100"], tmp_path, small=SMALL_DEFAULT_MICRO_BATCHES,
+                     timeout=300)
     assert third.returncode != 0
     tail = last_lines(third.log, 2)
-    assert f"the checkpoint {step_dir} is unreadable: actor/model_world_size_1_rank_0.pt is not a whole torch" in tail
+    assert f"the checkpoint {cut} is unreadable: actor/model_world_size_1_rank_0.pt is not a whole torch" in tail
     assert (
         "Resume from the previous checkpoint with the same command plus trainer.resume_mode=resume_path "
-        f"trainer.resume_from_path={second.checkpoint_dir / 'global_step_3'}" in tail
+        f"trainer.resume_from_path={checkpoint_dir / f'global_step_{latest - 2}'}" in tail
     ), tail
     assert "PytorchStreamReader" not in third.log and "Started a local Ray instance" not in third.log
 
 
-def test_dapo_trains_at_the_same_rollout_budget(tiny_assets, tmp_path):
-    run = run_main(["algo=dapo", "trainer.total_training_steps=2", "trainer.save_freq=-1"], tmp_path)
-    assert run.returncode == 0, run.log[-4000:]
-    metrics = run.metrics()
+# The project's reward, until the test creates the file ZERO_FLAG names: then every rollout scores 0.
+REWARD_THAT_DIES = """
+import os
+
+from poise_verl.tiny.reward import compute_score as arithmetic
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    if os.path.exists(os.environ["ZERO_FLAG"]):
+        return 0.0
+    return arithmetic(data_source, solution_str, ground_truth, extra_info, **kwargs)
+"""
+
+
+def test_dapo_trains_at_the_same_rollout_budget_and_stops_when_it_cannot_fill_a_batch(tiny_assets, tmp_path):
+    """DAPO trains at POISE's rollout budget; when the reward stops telling rollouts apart (the test switches it to
+    0 after step 2), dynamic sampling cannot fill the next step and the run stops with an error that says so."""
+    reward = tmp_path / "reward_that_dies.py"
+    reward.write_text(REWARD_THAT_DIES)
+    flag = tmp_path / "zero_from_now_on"
+    run = start_main(
+        [
+            "algo=dapo",
+            "trainer.total_training_steps=100",
+            "trainer.save_freq=-1",
+            "trainer.val_before_train=false",
+            "trainer.test_freq=-1",
+            "algorithm.filter_groups.max_num_gen_batches=2",
+            # DAPO's overlong penalty alone would tell rollouts of different lengths apart.
+            "reward.reward_kwargs.overlong_buffer_cfg.enable=false",
+            f"reward.custom_reward_function.path={reward}",
+            f"+ray_kwargs.ray_init.runtime_env.env_vars.ZERO_FLAG={flag}",
+        ],
+        tmp_path,
+    )
+    try:
+        trained = run.wait_for(step_line(2), STEP_BOUND_S)
+        assert trained, last_lines(run.log(), 40)
+        flag.touch()
+        finished = run.finish(STEP_BOUND_S)
+    finally:
+        run.kill_all()
+    assert finished.returncode != 0
+    stopped = re.search(r"DAPO dynamic sampling could not fill step (\d+)", finished.log)
+    assert stopped, last_lines(finished.log, 20)
+    assert int(stopped.group(1)) >= 3  # a step already generating when the reward died may still fill
+    metrics = finished.metrics()
     for step in (1, 2):
         assert_finite(
             metrics[step], ["actor/pg_loss", "actor/grad_norm", "critic/score/mean", "timing_s/gen"]
@@ -149,25 +285,3 @@ def test_dapo_trains_at_the_same_rollout_budget(tiny_assets, tmp_path):
     config = composed_config(tmp_path)
     assert (config.actor_rollout_ref.rollout.n, config.data.train_batch_size) == (16, 1)
     assert config.reward.custom_reward_function.reward_kwargs.incorrect_score == -1.0
-
-
-def test_dapo_stops_with_an_error_when_dynamic_sampling_cannot_fill_a_batch(tiny_assets, tmp_path):
-    always_zero = tmp_path / "zero_reward.py"
-    always_zero.write_text(
-        "def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):\n    return 0.0\n"
-    )
-    run = run_main(
-        [
-            "algo=dapo",
-            "trainer.total_training_steps=2",
-            "trainer.save_freq=-1",
-            "trainer.val_before_train=false",
-            "algorithm.filter_groups.max_num_gen_batches=2",
-            "reward.reward_kwargs.overlong_buffer_cfg.enable=false",
-            f"reward.custom_reward_function.path={always_zero}",
-        ],
-        tmp_path,
-        timeout=300,
-    )
-    assert run.returncode != 0
-    assert "DAPO dynamic sampling could not fill step 1" in run.log

@@ -4,7 +4,7 @@
 rollouts per rank": the micro-batch sizes were fixed at 64. They now follow the budget
 (``${poise_micro_batch:...}`` in hydra_configs/poise_trainer.yaml); a size set by hand is still checked. These
 tests run the start-up checks `python -m poise_verl.main` runs before Ray (poise-verl's ``validate`` and verl's
-``validate_config``) on the composed config; tests/errors/test_faults.py trains at 32 end to end.
+``validate_config``) on the composed config; tests/e2e/test_main_cpu.py trains at 32 end to end.
 """
 
 from __future__ import annotations
