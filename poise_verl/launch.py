@@ -158,6 +158,10 @@ def prepare(config: DictConfig) -> DictConfig:
     with open_dict(config):
         # Ray workers do not share the driver's working directory: make the run's paths absolute.
         config.trainer.default_local_dir = os.path.abspath(config.trainer.default_local_dir)
+    niceness = config.runtime.get("ray_worker_niceness")
+    if niceness is not None:
+        # Read by the raylet that ray.init starts from this process; no effect on a cluster that is running already.
+        os.environ.setdefault("RAY_worker_niceness", str(int(niceness)))
     env = runtime_env_vars(config)
     env["VERL_FILE_LOGGER_PATH"] = metrics_file(config)
     os.makedirs(os.path.dirname(env["VERL_FILE_LOGGER_PATH"]), exist_ok=True)

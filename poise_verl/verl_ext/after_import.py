@@ -2,9 +2,10 @@
 
 verl loads every ``verl.plugins`` entry point in every process that imports verl: the trainer's, the actor
 workers', and also the load balancer's, the reward workers' and the replay buffer's, which never look up an
-advantage estimator or a trainer mode. Registering eagerly made each of them import verl's algorithm and
-trainer modules (``verl.trainer.ppo.core_algos``, ``verl.trainer.ppo.v1``): about 4 s of CPU per process,
-a third of a tiny CPU run's start-up over its ten processes. :func:`when_imported` runs a registration the
+advantage estimator, a trainer mode or an engine. Registering eagerly made each of them import verl's algorithm,
+trainer and engine modules (``verl.trainer.ppo.core_algos``, ``verl.trainer.ppo.v1``, ``verl.workers.engine``),
+about 4 s of CPU per process: a fifth of a tiny CPU run's start-up CPU (90 -> 71 s for POISE,
+docs/PERFORMANCE.md). :func:`when_imported` runs a registration the
 moment the registry's module has finished executing (at once, if it already has), so a process registers
 exactly the pieces whose registry it loads, before anything in it can look them up.
 """

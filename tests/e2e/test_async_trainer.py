@@ -18,13 +18,19 @@ the partial responses), so this is verl's own asynchronous machinery, not a simu
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 
-import psutil
 import pytest
-from e2e_runner import Run, assert_finite, composed_config, last_lines, run_main, start_main, step_line
+from e2e_runner import (
+    Run,
+    assert_finite,
+    assert_stopped_by_ctrl_c,
+    composed_config,
+    last_lines,
+    run_main,
+    start_main,
+    step_line,
+)
 from step_dumps import assert_rows_pair_with_their_siblings, replay_probe_predictions
 
 from poise_verl.verl_ext.feature_dump import load_step_dumps
@@ -104,21 +110,10 @@ def test_poise_and_grpo_train_asynchronously_keep_the_probe_order_and_resume(tmp
         assert "Restored POISE state from" in log
         assert "Loading TransferQueue state from" in log
         assert not re.search(step_line(4), log), "the resumed run redid step 4"
-        launched = second.processes()
-        assert len(launched) > 3, "expected the driver, its Ray cluster and the Ray workers"
-        os.killpg(second.process.pid, signal.SIGINT)
-        returncode = second.process.wait(timeout=STOP_BOUND_S)
-        _, alive = psutil.wait_procs(launched, timeout=STOP_BOUND_S)
-        left = {f"{p.pid} {p.name()}" for p in alive} | {f"{p.pid} {p.name()}" for p in second.processes()}
-        log = second.log()
+        returncode, left, log = second.interrupt(STOP_BOUND_S)
     finally:
         second.kill_all()
-    assert returncode == 130, last_lines(log, 20)
-    assert not left, f"processes of the interrupted run still alive: {sorted(left)}"
-    assert last_lines(log, 1) == (
-        "poise-verl: interrupted (Ctrl-C); the run and its Ray processes are stopped; the same command resumes "
-        f"from {second.checkpoint_dir / 'global_step_4'}."
-    ), last_lines(log, 10)
+    assert_stopped_by_ctrl_c(returncode, left, log, resume_from=second.checkpoint_dir / "global_step_4")
     resumed = Run(returncode, log, second.checkpoint_dir).metrics()
     assert resumed[5]["poise/buffer_rows"] == 5 * 16 and resumed[6]["poise/buffer_rows"] == 6 * 16
     assert_finite(resumed[5], ASYNC_KEYS)

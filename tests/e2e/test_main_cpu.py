@@ -9,6 +9,7 @@ Ctrl-C stops everything it started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import torch
 from e2e_runner import (
     SMALL_DEFAULT_MICRO_BATCHES,
     assert_finite,
+    assert_stopped_by_ctrl_c,
     composed_config,
     last_lines,
     run_main,
@@ -166,25 +168,23 @@ def test_poise_trains_survives_a_kill_mid_checkpoint_resumes_and_stops_on_ctrl_c
         assert rewritten, "the torn step-4 checkpoint was not rewritten"
         second_metrics_file = next(p for p in (checkpoint_dir / "metrics").glob("*.jsonl") if p != first_metrics_file)
         assert second.wait_until(lambda: 4 in _metrics_file(second_metrics_file), STEP_BOUND_S)
-        launched = second.processes()
-        assert len(launched) > 3, "expected the driver, its Ray cluster and the Ray workers"
-        os.killpg(second.process.pid, signal.SIGINT)
-        returncode = second.process.wait(timeout=STOP_BOUND_S)
-        _, alive = psutil.wait_procs(launched, timeout=STOP_BOUND_S)
-        left = {f"{p.pid} {p.name()}" for p in alive} | {f"{p.pid} {p.name()}" for p in second.processes()}
-        log = second.log()
+        # The CPU platform starts Ray's workers at the niceness of everything else (runtime.ray_worker_niceness),
+        # not Ray's 15, at which any other work on the machine starves the run.
+        workers = {}
+        for process in second.processes():
+            with contextlib.suppress(psutil.Error):  # a worker may exit meanwhile
+                title = (process.cmdline() or [""])[0]
+                if title.startswith("ray::"):
+                    workers[f"{process.pid} {title}"] = process.nice()
+        assert any("TaskRunner" in name for name in workers) and set(workers.values()) == {0}, workers
+        returncode, left, log = second.interrupt(STOP_BOUND_S)
     finally:
         second.kill_all()
-    assert returncode == 130, last_lines(log, 20)
-    assert not left, f"processes of the interrupted run still alive: {sorted(left)}"
     # The signal lands between steps: the run may have saved a later checkpoint than step 4 by then (steps take
     # well under a second here). The hint names the one verl's tracker points at, which is where it resumes.
     latest = int(_tracker(checkpoint_dir))
     assert latest >= 4
-    assert last_lines(log, 1) == (
-        "poise-verl: interrupted (Ctrl-C); the run and its Ray processes are stopped; the same command resumes "
-        f"from {checkpoint_dir / f'global_step_{latest}'}."
-    ), last_lines(log, 10)
+    assert_stopped_by_ctrl_c(returncode, left, log, resume_from=checkpoint_dir / f"global_step_{latest}")
     resumed_metrics = _metrics_file(second_metrics_file)
     assert resumed_metrics[4]["poise/buffer_rows"] == 4 * ROLLOUTS
     assert resumed_metrics[4]["poise/probe_num_fits"] == 4.0
