@@ -187,7 +187,10 @@ def test_estimator_resolves_inside_a_ray_worker():
     import ray
 
     # A short temp dir: Ray's socket paths must stay under the 107-character Unix limit.
-    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray"))
+    # Workers at the niceness of other work, as the CPU platform's launcher sets them (Ray's 15 starves them on
+    # a busy machine).
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=tempfile.mkdtemp(prefix="ray"),
+             _system_config={"worker_niceness": 0})
     try:
 
         @ray.remote

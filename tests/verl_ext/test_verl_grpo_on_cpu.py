@@ -79,6 +79,9 @@ def test_verl_main_ppo_grpo_runs_on_cpu(tiny_task, tmp_path):
     ]
     # Nothing of POISE in the environment: the platform file carries VERL_PLATFORM to every Ray process.
     env = {key: value for key, value in os.environ.items() if not key.startswith("VERL_")}
+    # verl's entry point starts Ray itself: its workers at the niceness of other work (as the CPU platform's
+    # launcher sets them), or they starve on a busy machine.
+    env.setdefault("RAY_worker_niceness", "0")
     try:
         result = subprocess.run(
             command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=360
