@@ -329,6 +329,13 @@ def validate(config: DictConfig) -> None:
     platform = config.runtime.platform
     if platform not in ("cpu", "gpu"):
         raise ValueError(f"runtime.platform must be 'cpu' or 'gpu', got {platform!r}")
+    niceness = config.runtime.get("ray_worker_niceness")
+    whole = isinstance(niceness, int) and not isinstance(niceness, bool)
+    if niceness is not None and not (whole and -20 <= niceness <= 19):
+        raise ValueError(
+            f"runtime.ray_worker_niceness must be null (Ray's default, 15) or a whole number from -20 to 19 "
+            f"(a Unix niceness), got {niceness!r}"
+        )
 
 
 def _check_algorithm_keys_under_poise(algorithm: DictConfig) -> None:

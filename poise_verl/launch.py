@@ -161,7 +161,7 @@ def prepare(config: DictConfig) -> DictConfig:
     niceness = config.runtime.get("ray_worker_niceness")
     if niceness is not None:
         # Read by the raylet that ray.init starts from this process; no effect on a cluster that is running already.
-        os.environ.setdefault("RAY_worker_niceness", str(int(niceness)))
+        os.environ.setdefault("RAY_worker_niceness", str(niceness))  # validate() checked it
     env = runtime_env_vars(config)
     env["VERL_FILE_LOGGER_PATH"] = metrics_file(config)
     os.makedirs(os.path.dirname(env["VERL_FILE_LOGGER_PATH"]), exist_ok=True)

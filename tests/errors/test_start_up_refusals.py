@@ -12,6 +12,8 @@ import os
 
 import pytest
 import ray
+import sklearn  # noqa: F401  (sets KMP_* at import)
+import verl  # noqa: F401  (sets RAY_CLIENT_MODE, LAZY_LEGACY_OP, ... at import)
 from e2e_runner import compose_config, last_lines, run_main
 
 from poise_verl.launch import prepare
@@ -61,6 +63,8 @@ REFUSED = {
         ["algo=grpo", "trainer.v1.trainer_mode=poise_colocate_async"], "expects algorithm.adv_estimator=poise"
     ),
     "platform": (["runtime.platform=tpu"], "runtime.platform must be 'cpu' or 'gpu', got 'tpu'"),
+    "niceness_not_a_number": (["runtime.ray_worker_niceness=low"], "runtime.ray_worker_niceness must be null"),
+    "niceness_out_of_range": (["runtime.ray_worker_niceness=25"], "a whole number from -20 to 19 (a Unix niceness), got 25"),
     # sizes that cannot divide, and parallelism the attention cannot honour
     "budget": (["algo=dapo", "budget.rollouts_per_step=100"], "budget.rollouts_per_step=100 is not a multiple"),
     "micro_batch": (
@@ -75,6 +79,8 @@ REFUSED = {
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_a_refused_setting_stops_before_ray_naming_the_key(case):
     overrides, expected = REFUSED[case]
+    # The libraries prepare() imports set variables of their own when first imported; the module imports them
+    # above, so what this compares is what prepare() itself would set up for a run.
     environment = dict(os.environ)
     with pytest.raises(PreflightError) as refused:
         prepare(compose_config(*overrides, resolve=False))
