@@ -68,7 +68,7 @@ def launch_env(temp_dir: str, **extra: str) -> dict[str, str]:
 def run_main(
     args: list[str],
     workdir: Path,
-    timeout: int = 420,
+    timeout: int = 900,  # a hang guard: a launch takes ~80 s idle, over 420 s beside two busy processes
     small: list[str] = SMALL,
     sigint_ignored: bool = False,
     env: dict[str, str] | None = None,
