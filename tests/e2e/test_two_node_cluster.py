@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from e2e_runner import REPO, SMALL, assert_finite, run_main
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # above run_main's 900 s hang guard and the cluster start
 
 SCRIPTS = REPO / "recipes" / "multinode"
 NODES = 2
