@@ -147,6 +147,21 @@ class RunResult:
             return None, None
         return float(accuracy.iloc[-1]), int(accuracy.index[-1])
 
+    def validations(self) -> list[dict]:
+        """Every validation of the run: step, accuracy, and training wall-clock (with and without validations)
+        and tokens up to it. Kept in summary.json so that a later report can re-read the curves (a time to a
+        new target, runs added from another day) once the run folders are gone."""
+        return [
+            {
+                "step": int(step),
+                "accuracy": float(accuracy),
+                "wall_clock_s": float(self.frame.loc[step, "train_wall_clock_s"]),
+                "steps_wall_clock_s": float(self.frame.loc[step, "steps_wall_clock_s"]),
+                "tokens": float(self.frame.loc[step, "generated_tokens"]),
+            }
+            for step, accuracy in self.accuracy.items()
+        ]
+
     def first_reaching(self, target: float) -> dict | None:
         """Step, training wall-clock (with and without validations) and tokens at the first validation at or
         above ``target``."""

@@ -172,6 +172,7 @@ def run_summary(r: RunResult, target: float | None) -> dict:
         "phase_median_s": phase_medians(r.frame),
         "probe_pearson_last_steps": late_probe_pearson(r.frame),
         "step_statistics": step_statistics(r.frame),
+        "validations": r.validations(),
     }
 
 

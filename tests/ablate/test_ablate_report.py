@@ -148,6 +148,12 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
     # Per seed: POISE seed 1 ends at 0.6 and never reaches 0.65.
     assert poise["runs"][0]["to_target"] == {"step": 4, "wall_clock_s": 5.0, "steps_wall_clock_s": 4.0, "tokens": 640.0}
     assert poise["runs"][1]["to_target"] is None
+    # Each run's curve is kept: POISE seed 0 validates at steps 0, 2 (2 x 1 s + 0.5 s, 2 x 16 x 10 tokens), 4.
+    assert poise["runs"][0]["validations"] == [
+        {"step": 0, "accuracy": 0.2, "wall_clock_s": 0.0, "steps_wall_clock_s": 0.0, "tokens": 0.0},
+        {"step": 2, "accuracy": 0.5, "wall_clock_s": 2.5, "steps_wall_clock_s": 2.0, "tokens": 320.0},
+        {"step": 4, "accuracy": 0.7, "wall_clock_s": 5.0, "steps_wall_clock_s": 4.0, "tokens": 640.0},
+    ]
     assert poise["seeds_reaching_target"] == 1
 
     # GRPO has no runs: reported, not invented.
