@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.slow(launches=3), pytest.mark.timeout(1500)]
 COMMON = ["trainer.val_before_train=false", "trainer.test_freq=-1"]
 STALENESS = "training/off_policy/trajectory_staleness_worst/max"
 ASYNC_KEYS = [STALENESS, "training/off_policy/trajectory_spans/max", "rollout/partial_share"]
+BATCHED_ASYNC_CLIENT = "HFFullyAsyncServerClient"  # poise_verl.verl_ext.cpu.agent_loop
 # Generous for a loaded 2-core machine: bounds on behaviour, not a benchmark.
 STOP_BOUND_S = 90
 STEP_BOUND_S = 900
@@ -55,6 +56,8 @@ def test_poise_and_grpo_train_asynchronously_keep_the_probe_order_and_resume(tmp
                     tmp_path / "grpo")
     assert grpo.returncode == 0, grpo.log[-4000:]
     assert composed_config(tmp_path / "grpo").trainer.v1.trainer_mode == "checked_colocate_async"
+    # verl's partial-rollout client, each attempt sent to the hf servers in batches (not 3 Ray calls per rollout).
+    assert f"rollout servers through {BATCHED_ASYNC_CLIENT}" in grpo.log
     grpo_metrics = grpo.metrics()
 
     (tmp_path / "poise").mkdir()
@@ -67,6 +70,7 @@ def test_poise_and_grpo_train_asynchronously_keep_the_probe_order_and_resume(tmp
     assert first.returncode == 0, first.log[-4000:]
     config = composed_config(tmp_path / "poise")
     assert config.trainer.v1.trainer_mode == "poise_colocate_async"
+    assert f"rollout servers through {BATCHED_ASYNC_CLIENT}" in first.log
     assert config.algorithm.rollout_correction.rollout_is == "token"  # set by the algo file, as for grpo_async
     metrics = first.metrics()
     assert sorted(metrics) == [1, 2, 3, 4]

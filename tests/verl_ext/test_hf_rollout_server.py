@@ -257,3 +257,63 @@ def test_abort_returns_partial_responses_and_resume_continues_them(tiny_task):
     assert cut.token_ids + rest.token_ids == whole.token_ids
     torch.testing.assert_close(torch.tensor(cut.log_probs + rest.log_probs), torch.tensor(whole.log_probs))
     assert (refused.stop_reason, refused.token_ids) == ("aborted", [])
+
+
+def test_async_client_resumes_aborted_rollouts_in_batches(tiny_task):
+    """Under verl's asynchronous trainers the agent loop talks through verl's ``FullyAsyncLLMServerClient`` (its
+    loop resends an aborted request with the tokens so far). ``HFFullyAsyncServerClient`` keeps that loop and
+    sends each attempt in one batch per server: every attempt here carries all the prompts at once, and the
+    responses cut by an abort, resumed after the weight update, equal the uninterrupted greedy ones.
+
+    Only Ray's hop is replaced: ``_send`` calls the server's ``generate_many`` in this process instead of through
+    a Ray actor handle (the client, its batcher, verl's resume loop and the server are the real ones)."""
+    from omegaconf import OmegaConf
+
+    from poise_verl.verl_ext.cpu.agent_loop import HFFullyAsyncServerClient
+
+    server = make_server(tiny_task, ignore_eos=True)  # every response runs to its budget: none ends on its own
+    attempts: list[list[str]] = []  # stop reasons of each generate_many call
+
+    class InProcessClient(HFFullyAsyncServerClient):
+        async def _send(self, prompts):
+            outputs = await server.generate_many(prompts)
+            attempts.append([output.stop_reason for output in outputs])
+            if len(attempts) == 2:  # the cut attempt is back: pause as verl does before a weight update
+                server._abort = threading.Event()
+                await server.abort_all_requests()
+            return outputs
+
+    config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"max_num_seqs": 64, "response_length": 10}}})
+    client = InProcessClient(config)
+    greedy = {"temperature": 0.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+
+    def generate_all_through_client():
+        return asyncio.gather(
+            *(client.generate(str(i), prompt_ids=prompt, sampling_params=dict(greedy)) for i, prompt in enumerate(PROMPTS))
+        )
+
+    async def run():
+        await server.set_global_steps(6)  # the weights' version the cut rollouts start on
+        whole = await generate_all_through_client()
+        server._abort = _SetAfter(4)  # the abort arrives during the second attempt's 4th token
+        cut = asyncio.ensure_future(generate_all_through_client())
+        while len(attempts) < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(1.5)  # verl's client waits 1 s, then resends; the paused server holds it
+        held = len(attempts)
+        await server.finish_weight_update(global_steps=7)
+        await server.resume_generation()
+        return whole, await cut, held
+
+    whole, cut, held = asyncio.run(run())
+
+    n = len(PROMPTS)
+    assert attempts[:2] == [["completed"] * n, ["aborted"] * n], attempts
+    assert held == 2, "the resend reached the model while generation was paused"
+    assert attempts[2:] == [["completed"] * n], f"the resumed rollouts were not sent in one batch: {attempts}"
+    for before, after in zip(whole, cut, strict=True):
+        assert len(before.token_ids) == 10 and before.stop_reason == "length"
+        assert after.token_ids == before.token_ids and after.stop_reason == "length"
+        torch.testing.assert_close(torch.tensor(after.log_probs), torch.tensor(before.log_probs))
+        # verl's staleness: the oldest and newest weights a rollout was generated with.
+        assert (after.extra_fields["min_global_steps"], after.extra_fields["max_global_steps"]) == (6, 7)

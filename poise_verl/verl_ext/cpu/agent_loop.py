@@ -9,8 +9,12 @@ own extension points, send a step's requests together instead:
   per rollout) that collects the requests arriving together (:class:`~.hf_rollout.QuietBatcher`) and sends them
   to one hf server in one ``generate_many`` call, taking the servers in turn. An hf server keeps no prefix cache,
   so the load balancer's sticky sessions buy nothing here;
-- :class:`HFAgentLoopManager`, verl's v1 agent-loop manager with that client, selected with
-  ``actor_rollout_ref.rollout.agent.agent_loop_manager_class`` (``hydra_configs/platform/cpu.yaml``).
+- :class:`HFFullyAsyncServerClient`, the same transport under verl's asynchronous trainers: verl's
+  ``FullyAsyncLLMServerClient`` (its loop that sends an aborted request again with the tokens it has so far,
+  and counts the weights' versions a response used), whose every attempt goes through :class:`HFServerClient`;
+- :class:`HFAgentLoopManager`, verl's v1 agent-loop manager with the client that matches the one verl's trainer
+  chose, selected with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class``
+  (``hydra_configs/platform/cpu.yaml``).
 
 Everything else (the agent loop itself, rewards, what goes into TransferQueue) is verl's.
 """
@@ -22,7 +26,7 @@ from typing import Any
 
 import ray
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ
-from verl.workers.rollout.llm_server import LLMServerClient
+from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient, LLMServerClient
 from verl.workers.rollout.replica import TokenOutput
 
 from poise_verl.verl_ext.cpu.hf_rollout import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_DELAY_S, QuietBatcher
@@ -72,11 +76,30 @@ class HFServerClient(LLMServerClient):
         return await next(self._servers).generate_many.remote(prompts)
 
 
+class HFFullyAsyncServerClient(FullyAsyncLLMServerClient, HFServerClient):
+    """verl's partial-rollout client (``FullyAsyncLLMServerClient``) over :class:`HFServerClient`'s batches.
+
+    verl's class keeps its resume loop; each attempt in it (``super().generate``) is :class:`HFServerClient`'s
+    batched call instead of a load-balancer acquire, a ``generate`` and a release per rollout.
+    """
+
+
+# verl's client classes and the hf-server client that does the same over batches. A client of any other class
+# was chosen on purpose and is kept.
+_HF_CLIENTS: dict[type[LLMServerClient], type[LLMServerClient]] = {
+    LLMServerClient: HFServerClient,
+    FullyAsyncLLMServerClient: HFFullyAsyncServerClient,
+}
+
+
 class HFAgentLoopManager(AgentLoopManagerTQ):
-    """verl's v1 agent-loop manager whose workers reach the hf servers through :class:`HFServerClient`."""
+    """verl's v1 agent-loop manager whose workers reach the hf servers in batches (:data:`_HF_CLIENTS`)."""
 
     def __init__(self, config, llm_client: LLMServerClient, *args, **kwargs):
-        if type(llm_client) is LLMServerClient:  # verl's default client; any other was chosen on purpose
-            llm_client = HFServerClient(config, load_balancer_handle=llm_client._load_balancer)
+        hf_client = _HF_CLIENTS.get(type(llm_client))
+        if hf_client is not None:
+            # (FullyAsyncLLMServerClient's ``only_hybrid`` is not carried over: it only changes how that class
+            # acquires a server from the load balancer, which the batched transport never does.)
+            llm_client = hf_client(config, load_balancer_handle=llm_client._load_balancer)
         print(f"HFAgentLoopManager: the agent loop reaches the rollout servers through {type(llm_client).__name__}")
         super().__init__(config, llm_client, *args, **kwargs)
