@@ -1,0 +1,130 @@
+"""The asynchronous ablation's figures in README.md and docs/RESULTS.md are the ones its reports measured.
+
+``python -m poise_verl.ablate`` writes ``summary.json``; the reports of the asynchronous ablation are committed
+under docs/results/tiny_ablation_async/ (the current run at the top, the run before the batched client in a dated
+folder). Each figure the docs give is read from their text and compared with the report it names, so a rerun
+whose report replaces the committed one fails here until the docs say the new figures.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REPORTS = ROOT / "docs" / "results" / "tiny_ablation_async"
+# The RESULTS table's first column, and the report each of its rows comes from.
+RUNS = {"evening": REPORTS, "afternoon": REPORTS / "2026-12-05-per-request-client"}
+# The RESULTS table's algorithm column (up to the first comma), and the report's name for it.
+ALGORITHMS = {"POISE async": "poise_async", "POISE": "poise", "DAPO": "dapo", "rloo2": "rloo2"}
+
+
+def _one_line(path: Path) -> str:
+    return " ".join(path.read_text().split())
+
+
+def _summary(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+def _mean_sd(block: dict) -> str:
+    return f"{block['mean']:.3f} ± {block['sd']:.3f}"
+
+
+def _rows() -> list[tuple[str, str, list[str]]]:
+    """(run, algorithm, cells) of every row of the asynchronous ablation's main table in docs/RESULTS.md."""
+    rows = []
+    for line in (ROOT / "docs" / "RESULTS.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        main_table = len(cells) == 7 and re.fullmatch(r"\d+ s \(\d+ s\)", cells[4])
+        if main_table and cells[0] in RUNS and cells[1].split(",")[0] in ALGORITHMS:
+            rows.append((cells[0], ALGORITHMS[cells[1].split(",")[0]], cells))
+    return rows
+
+
+def test_the_results_table_has_every_arm_of_both_runs():
+    found = {(run, algo) for run, algo, _ in _rows()}
+    for run, folder in RUNS.items():
+        expected = {(run, algo) for algo in _summary(folder)["algorithms"]}
+        assert expected <= found, f"docs/RESULTS.md lacks the rows {sorted(expected - found)} of {folder}"
+
+
+@pytest.mark.parametrize("run, algo, cells", [pytest.param(*row, id=f"{row[0]}-{row[1]}") for row in _rows()])
+def test_a_results_row_is_its_report(run, algo, cells):
+    report = _summary(RUNS[run])["algorithms"][algo]
+    assert cells[2].strip("*") == _mean_sd(report["final_accuracy"])
+    per_seed = ", ".join(f"{r['final_accuracy']:.3f}" for r in sorted(report["runs"], key=lambda r: r["seed"]))
+    assert cells[3] == per_seed
+    train, steps = report["train_wall_clock_s"]["mean"], report["steps_wall_clock_s"]["mean"]
+    assert cells[4] == f"{train:.0f} s ({steps:.0f} s)"
+    assert cells[5] == f"{report['process_wall_clock_s']['mean']:.0f} s"
+    to_target = report["to_target"]
+    if to_target is None or to_target.get("step") is None:
+        assert cells[6] == "not reached"
+    else:
+        expected = (
+            f"{to_target['wall_clock_s']:.0f} s ({to_target['steps_wall_clock_s']:.0f} s), "
+            f"step {to_target['step']}, {to_target['tokens'] / 1000:.0f}k"
+        )
+        assert cells[6].split(": ")[-1] == expected
+
+
+def test_the_readme_and_results_give_the_current_reports_figures():
+    report = _summary(REPORTS)
+    algos, ratios = report["algorithms"], report["ratios"]
+    readme = _one_line(ROOT / "README.md")
+    claim = (
+        f"it ends at {_mean_sd(algos['poise_async']['final_accuracy'])}, against sync POISE's "
+        f"{_mean_sd(algos['poise']['final_accuracy'])}. Its training wall-clock is "
+        f"{algos['poise_async']['train_wall_clock_s']['mean']:.0f} s against "
+        f"{algos['poise']['train_wall_clock_s']['mean']:.0f} s. It reaches DAPO's final accuracy in "
+        f"{ratios['poise_async/dapo']['wall_clock_s']:.2f}x DAPO's wall-clock, against "
+        f"{ratios['poise/dapo']['wall_clock_s']:.2f}x for sync POISE."
+    )
+    assert claim in readme, f"README.md no longer says: {claim}"
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_the_results_ratios_to_dapo_are_the_reports(run):
+    results = _one_line(ROOT / "docs" / "RESULTS.md").replace("**", "")
+    for algo, name in (("poise_async", "POISE async"), ("poise", "POISE")):
+        ratio = _summary(RUNS[run])["ratios"][f"{algo}/dapo"]
+        said = f"{name} {ratio['wall_clock_s']:.2f}x ({ratio['steps_wall_clock_s']:.2f}x"
+        line = re.search(rf"- {run}: (.*?)\. ", results)
+        assert line and said in line.group(1), f"docs/RESULTS.md's {run!r} ratios no longer say: {said}"
+
+
+def _step_rows() -> list[tuple[str, str, list[str]]]:
+    """(run, algorithm, cells) of every row of the asynchronous ablation's per-step table in docs/RESULTS.md."""
+    rows = []
+    for line in (ROOT / "docs" / "RESULTS.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        per_step_table = len(cells) == 7 and re.fullmatch(r"[\d.]+%|0", cells[5])
+        if per_step_table and cells[0] in RUNS and cells[1].split(",")[0] in ALGORITHMS:
+            rows.append((cells[0], ALGORITHMS[cells[1].split(",")[0]], cells))
+    return rows
+
+
+def test_the_per_step_table_has_every_arm_of_both_runs():
+    found = {(run, algo) for run, algo, _ in _step_rows()}
+    for run, folder in RUNS.items():
+        expected = {(run, algo) for algo in _summary(folder)["algorithms"]}
+        assert expected <= found, f"docs/RESULTS.md's per-step table lacks {sorted(expected - found)} of {folder}"
+
+
+@pytest.mark.parametrize("run, algo, cells", [pytest.param(*row, id=f"{row[0]}-{row[1]}") for row in _step_rows()])
+def test_a_per_step_row_is_its_report(run, algo, cells):
+    report = _summary(RUNS[run])["algorithms"][algo]
+    statistics, phases = report["step_statistics"], report["phase_median_s"]
+    step, gen, testing = (phases[key]["mean"] for key in ("step", "gen", "testing"))
+    assert cells[6] == f"{step:.2f} s, {gen:.2f} s, {testing:.1f} s"
+    for cell, key in ((cells[2], "advantage_variance"), (cells[3], "grad_norm")):
+        mean_sd = _mean_sd(statistics[key])
+        # A row whose sd rounds to zero (DAPO's -1/1 rewards fix the variance) may give the mean alone.
+        assert cell in (mean_sd, mean_sd.split(" ± ")[0] if mean_sd.endswith("± 0.000") else mean_sd), key
+    assert cells[4] == ("0" if statistics["staleness"]["mean"] == 0 else f"{statistics['staleness']['mean']:.2f}")
+    partial = statistics["partial_share"]["mean"]
+    assert cells[5] == ("0" if partial == 0 else f"{100 * partial:.1f}%")
