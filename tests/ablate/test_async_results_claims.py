@@ -34,25 +34,35 @@ def _mean_sd(block: dict) -> str:
     return f"{block['mean']:.3f} ± {block['sd']:.3f}"
 
 
-def _rows() -> list[tuple[str, str, list[str]]]:
-    """(run, algorithm, cells) of every row of the asynchronous ablation's main table in docs/RESULTS.md."""
+# The two tables of the section, each told apart by the shape of one column: (column, pattern).
+TABLES = {"main": (4, r"\d+ s \(\d+ s\)"), "per-step": (5, r"[\d.]+%|0")}
+
+
+def _rows(table: str) -> list[tuple[str, str, list[str]]]:
+    """(run, algorithm, cells) of every row of one of the asynchronous ablation's tables in docs/RESULTS.md."""
+    column, pattern = TABLES[table]
     rows = []
     for line in (ROOT / "docs" / "RESULTS.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        main_table = len(cells) == 7 and re.fullmatch(r"\d+ s \(\d+ s\)", cells[4])
-        if main_table and cells[0] in RUNS and cells[1].split(",")[0] in ALGORITHMS:
-            rows.append((cells[0], ALGORITHMS[cells[1].split(",")[0]], cells))
+        algorithm = cells[1].split(",")[0] if len(cells) == 7 else None
+        if algorithm in ALGORITHMS and cells[0] in RUNS and re.fullmatch(pattern, cells[column]):
+            rows.append((cells[0], ALGORITHMS[algorithm], cells))
     return rows
 
 
-def test_the_results_table_has_every_arm_of_both_runs():
-    found = {(run, algo) for run, algo, _ in _rows()}
+def _params(table: str) -> list:
+    return [pytest.param(*row, id=f"{row[0]}-{row[1]}") for row in _rows(table)]
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_each_table_has_every_arm_of_both_runs(table):
+    found = {(run, algo) for run, algo, _ in _rows(table)}
     for run, folder in RUNS.items():
         expected = {(run, algo) for algo in _summary(folder)["algorithms"]}
-        assert expected <= found, f"docs/RESULTS.md lacks the rows {sorted(expected - found)} of {folder}"
+        assert expected <= found, f"docs/RESULTS.md's {table} table lacks {sorted(expected - found)} of {folder}"
 
 
-@pytest.mark.parametrize("run, algo, cells", [pytest.param(*row, id=f"{row[0]}-{row[1]}") for row in _rows()])
+@pytest.mark.parametrize("run, algo, cells", _params("main"))
 def test_a_results_row_is_its_report(run, algo, cells):
     report = _summary(RUNS[run])["algorithms"][algo]
     assert cells[2].strip("*") == _mean_sd(report["final_accuracy"])
@@ -97,25 +107,7 @@ def test_the_results_ratios_to_dapo_are_the_reports(run):
         assert line and said in line.group(1), f"docs/RESULTS.md's {run!r} ratios no longer say: {said}"
 
 
-def _step_rows() -> list[tuple[str, str, list[str]]]:
-    """(run, algorithm, cells) of every row of the asynchronous ablation's per-step table in docs/RESULTS.md."""
-    rows = []
-    for line in (ROOT / "docs" / "RESULTS.md").read_text().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        per_step_table = len(cells) == 7 and re.fullmatch(r"[\d.]+%|0", cells[5])
-        if per_step_table and cells[0] in RUNS and cells[1].split(",")[0] in ALGORITHMS:
-            rows.append((cells[0], ALGORITHMS[cells[1].split(",")[0]], cells))
-    return rows
-
-
-def test_the_per_step_table_has_every_arm_of_both_runs():
-    found = {(run, algo) for run, algo, _ in _step_rows()}
-    for run, folder in RUNS.items():
-        expected = {(run, algo) for algo in _summary(folder)["algorithms"]}
-        assert expected <= found, f"docs/RESULTS.md's per-step table lacks {sorted(expected - found)} of {folder}"
-
-
-@pytest.mark.parametrize("run, algo, cells", [pytest.param(*row, id=f"{row[0]}-{row[1]}") for row in _step_rows()])
+@pytest.mark.parametrize("run, algo, cells", _params("per-step"))
 def test_a_per_step_row_is_its_report(run, algo, cells):
     report = _summary(RUNS[run])["algorithms"][algo]
     statistics, phases = report["step_statistics"], report["phase_median_s"]
