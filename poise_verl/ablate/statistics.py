@@ -116,11 +116,17 @@ STEP_STATISTICS = {
     "grad_norm": "actor/grad_norm (before clipping)",
     "staleness": "training/off_policy/trajectory_staleness_worst/mean (updates behind, oldest weights used)",
     "partial_share": "rollout/partial_share (rollouts generated across a weight update)",
+    "batch_wait": "timing_s/gen, seconds the trainer waits for its batch (a mean, where the phase table gives medians:"
+    " under the asynchronous trainer it alternates)",
+    "batch_wait_fresh": "timing_s/gen on the steps whose batch is at staleness 0",
+    "batch_wait_stale": "timing_s/gen on the steps whose batch is at staleness 1 or more (generated ahead)",
 }
+_STALENESS = "training/off_policy/trajectory_staleness_worst/mean"
 _STEP_COLUMNS = {
     "grad_norm": "actor/grad_norm",
-    "staleness": "training/off_policy/trajectory_staleness_worst/mean",
+    "staleness": _STALENESS,
     "partial_share": "rollout/partial_share",
+    "batch_wait": "timing_s/gen",
 }
 
 
@@ -136,6 +142,10 @@ def step_statistics(frame: pd.DataFrame) -> dict[str, float | None]:
     statistics = {"advantage_variance": mean(std**2 if std is not None else None)}
     for name, column in _STEP_COLUMNS.items():
         statistics[name] = mean(training.get(column))
+    wait, staleness = training.get("timing_s/gen"), training.get(_STALENESS)
+    fresh = staleness == 0 if wait is not None and staleness is not None else None
+    statistics["batch_wait_fresh"] = mean(wait[fresh]) if fresh is not None else None
+    statistics["batch_wait_stale"] = mean(wait[staleness >= 1]) if fresh is not None else None
     return statistics
 
 

@@ -64,6 +64,7 @@ def synthetic_rows(algo: str, acc, step_s, test_s, length, dropped) -> dict[int,
             row.update(
                 {
                     "training/off_policy/trajectory_staleness_worst/mean": float(step % 2),
+                    "timing_s/gen": 0.1 if step % 2 else 0.7,  # a stale batch was generated ahead: no wait
                     "poise/reward_mean": 0.5,
                     "poise/prediction_mean": 0.45,
                     "poise/probe_pearson": 0.3,
@@ -131,7 +132,8 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
     assert [r["phase_median_s"]["step"] for r in poise["runs"]] == pytest.approx([1.0, 2.0])
     assert poise["phase_median_s"]["step"]["mean"] == pytest.approx(1.5)
     assert dapo["phase_median_s"]["testing"]["mean"] == pytest.approx(1.0)
-    assert poise["phase_median_s"]["gen"]["mean"] is None
+    assert poise["phase_median_s"]["gen"]["mean"] == pytest.approx(0.4)
+    assert dapo["phase_median_s"]["gen"]["mean"] is None
     # The probe's Pearson over the last steps: 0.3 at every POISE step; DAPO has no probe.
     assert [r["probe_pearson_last_steps"] for r in poise["runs"]] == pytest.approx([0.3, 0.3])
     assert dapo["runs"][0]["probe_pearson_last_steps"] is None
@@ -144,6 +146,11 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
     assert statistics["dapo"]["grad_norm"]["mean"] == pytest.approx(0.25)
     assert statistics["poise"]["staleness"]["mean"] == pytest.approx(0.5)
     assert statistics["dapo"]["staleness"]["mean"] is None and statistics["poise"]["partial_share"]["mean"] is None
+    # The wait for a batch, 0.1 s at staleness 1 and 0.7 s at 0: told apart by the batch's staleness.
+    assert statistics["poise"]["batch_wait"]["mean"] == pytest.approx(0.4)
+    assert statistics["poise"]["batch_wait_fresh"]["mean"] == pytest.approx(0.7)
+    assert statistics["poise"]["batch_wait_stale"]["mean"] == pytest.approx(0.1)
+    assert statistics["dapo"]["batch_wait"]["mean"] is None and statistics["dapo"]["batch_wait_fresh"]["mean"] is None
 
     # Per seed: POISE seed 1 ends at 0.6 and never reaches 0.65.
     assert poise["runs"][0]["to_target"] == {"step": 4, "wall_clock_s": 5.0, "steps_wall_clock_s": 4.0, "tokens": 640.0}
@@ -180,7 +187,7 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
         and "not reached" in markdown
         and "poise/dapo: wall-clock 0.50x (0.50x without validations)" in markdown
     )
-    assert "| poise | 1.50 | n/a | n/a | n/a | 0.50 | 0: 0.50, 1: 0.50 |" in markdown
+    assert "| poise | 1.50 | 0.40 | n/a | n/a | 0.50 | 0: 0.50, 1: 0.50 |" in markdown
     assert "poise seed 0 0.300, seed 1 0.300." in markdown
 
 
