@@ -2,7 +2,7 @@
 
 ``python -m poise_verl.ablate`` writes ``summary.json``; the reports of the asynchronous ablation are committed
 under docs/results/tiny_ablation_async/ (the current run at the top, the run before the batched client in a dated
-folder). Each figure the docs give is read from their text and compared with the report it names, so a rerun
+folder, GRPO sync against async in grpo_sync_vs_async/). Each figure the docs give is read from their text and compared with the report it names, so a rerun
 whose report replaces the committed one fails here until the docs say the new figures.
 """
 
@@ -120,3 +120,48 @@ def test_a_per_step_row_is_its_report(run, algo, cells):
     assert cells[4] == ("0" if statistics["staleness"]["mean"] == 0 else f"{statistics['staleness']['mean']:.2f}")
     partial = statistics["partial_share"]["mean"]
     assert cells[5] == ("0" if partial == 0 else f"{100 * partial:.1f}%")
+
+
+# The GRPO sync-vs-async table: its own report, its own columns (no DAPO arm, so no time to DAPO's accuracy).
+GRPO_REPORT = REPORTS / "grpo_sync_vs_async"
+GRPO_ALGORITHMS = {"GRPO async": "grpo_async", "GRPO": "grpo"}
+
+
+def _grpo_rows() -> dict[str, list[str]]:
+    rows = {}
+    for line in (ROOT / "docs" / "RESULTS.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0] in GRPO_ALGORITHMS and re.fullmatch(r"\d+ s \(\d+ s\)", cells[3]):
+            rows[GRPO_ALGORITHMS[cells[0]]] = cells
+    return rows
+
+
+def _seconds(value) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
+def test_the_grpo_table_is_its_report():
+    algorithms = _summary(GRPO_REPORT)["algorithms"]
+    rows = _grpo_rows()
+    assert set(rows) == set(algorithms), f"docs/RESULTS.md's GRPO table has {sorted(rows)}, its report {sorted(algorithms)}"
+    for algo, cells in rows.items():
+        report = algorithms[algo]
+        statistics = report["step_statistics"]
+        assert cells[1] == _mean_sd(report["final_accuracy"]), algo
+        assert cells[2] == ", ".join(f"{r['final_accuracy']:.3f}" for r in sorted(report["runs"], key=lambda r: r["seed"]))
+        assert cells[3] == f"{report['train_wall_clock_s']['mean']:.0f} s ({report['steps_wall_clock_s']['mean']:.0f} s)"
+        staleness, partial = statistics["staleness"]["mean"], statistics["partial_share"]["mean"]
+        assert cells[4] == ("0, 0" if staleness == 0 and partial == 0 else f"{staleness:.2f}, {100 * partial:.1f}%"), algo
+        waits = ", ".join(_seconds(statistics[key]["mean"]) for key in ("batch_wait", "batch_wait_fresh", "batch_wait_stale"))
+        assert cells[5] == f"{report['phase_median_s']['step']['mean']:.2f} s; {waits}", algo
+
+
+def test_the_grpo_ratios_are_its_reports():
+    algorithms = _summary(GRPO_REPORT)["algorithms"]
+    train = {algo: algorithms[algo]["train_wall_clock_s"]["mean"] for algo in GRPO_ALGORITHMS.values()}
+    steps = {algo: algorithms[algo]["steps_wall_clock_s"]["mean"] for algo in GRPO_ALGORITHMS.values()}
+    said = (
+        f"Its training wall-clock is {train['grpo_async'] / train['grpo']:.2f}x the sync one "
+        f"({steps['grpo_async'] / steps['grpo']:.2f}x without validations)"
+    )
+    assert said in _one_line(ROOT / "docs" / "RESULTS.md"), f"docs/RESULTS.md no longer says: {said}"
