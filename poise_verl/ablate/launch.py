@@ -32,10 +32,12 @@ def launch(run: Run, use_ray_temp_dir: bool = True) -> Attempt:
     run.folder.mkdir(parents=True, exist_ok=True)
     info = {"algo": run.algo, "seed": run.seed, "overrides": list(run.overrides), **run.config.__dict__}
     (run.folder / RUN_INFO).write_text(json.dumps(info, indent=2, default=list) + "\n")
-    # Ray's socket paths must stay short: a fresh temp dir under /tmp per launch.
-    ray_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp") if use_ray_temp_dir else None
-    command = run.command(ray_dir)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Each launch has a temp dir of its own, removed when it ends: its TMPDIR (verl's checkpoint lock files, torch's
+    # compile cache, so no run reuses an earlier run's compiled kernels) and Ray's temp dir, under /tmp because
+    # Ray's socket paths must stay short.
+    temp_dir = tempfile.mkdtemp(prefix="ablate", dir="/tmp")
+    command = run.command(temp_dir if use_ray_temp_dir else None)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=temp_dir)
     env.pop("VERL_FILE_LOGGER_PATH", None)  # else every run would write the same metrics file
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     start = time.monotonic()
@@ -56,8 +58,7 @@ def launch(run: Run, use_ray_temp_dir: bool = True) -> Attempt:
         attempt = Attempt(started, round(time.monotonic() - start, 3), returncode, command)
         with open(run.folder / ATTEMPTS, "a") as out:
             out.write(json.dumps(attempt.__dict__) + "\n")
-        if ray_dir:
-            shutil.rmtree(ray_dir, ignore_errors=True)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     if returncode == 0:
         history = attempts(run.folder)
         marker = {

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -274,6 +275,9 @@ FAKE_MAIN = textwrap.dedent('''
     flag = os.path.join(folder, "failed_once")
     fail = args.get("data.seed") == os.environ["FAIL_SEED"] and not os.path.exists(flag)
     first = 1 if os.path.exists(flag) else 0
+    open(os.path.join(os.environ["TMPDIR"], "ckpt_0.lock"), "w").close()  # as verl's checkpoint lock
+    with open(os.path.join(folder, "tmpdirs.txt"), "a") as out:
+        out.write(os.environ["TMPDIR"] + "\\n")
     with open(os.path.join(folder, "metrics", f"{time.time_ns()}.jsonl"), "w") as out:
         for step in range(first, 3):
             data = {"timing_s/step": 1.0, "response_length/mean": 4.0}
@@ -319,6 +323,10 @@ def test_finished_runs_are_skipped_and_an_interrupted_one_is_relaunched(tmp_path
     )
     log = (flaky.folder / "log.txt").read_text()
     assert log.count("===== ablate launch") == 2 and "dying at step 1" in log
+    # Each launch had a TMPDIR of its own, and it went with the launch, lock files and all.
+    temp_dirs = [line for r in runs for line in (r.folder / "tmpdirs.txt").read_text().split()]
+    assert len(set(temp_dirs)) == 3 and tempfile.gettempdir() not in temp_dirs
+    assert not any(Path(d).exists() for d in temp_dirs)
     # Both launches' metrics merge into one trajectory 0..2, the redone step 1 counted once.
     frame = add_derived_columns(load_metrics(flaky.folder), configs["poise"])
     assert list(frame["train_wall_clock_s"]) == pytest.approx([0.0, 1.0, 2.0])
