@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -65,15 +66,34 @@ def _families(metrics: dict[int, dict[str, float]], step: int) -> set[str]:
     return {key for key in metrics[step] if key.startswith("rollout_corr/")}
 
 
+def _segments_in_use() -> set[str]:
+    """The /dev/shm files some live process maps or holds open (from /proc: every process this user may read)."""
+    used = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            for line in (proc / "maps").read_text().splitlines():
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].startswith("/dev/shm/"):
+                    used.add(fields[5])
+            used.update(t for t in (os.readlink(fd) for fd in (proc / "fd").iterdir()) if t.startswith("/dev/shm/"))
+        except OSError:  # the process ended, or is not ours to read
+            continue
+    return used
+
+
 @pytest.fixture(autouse=True)
 def no_shared_memory_left():
     """vLLM's message queues (`shm_broadcast`) unlink their /dev/shm segments only when garbage-collected, after Ray
-    has killed the engine: remove the ones this test's launches left."""
+    has killed the engine: remove the ones this test's launches left. Only segments no live process uses: one made
+    meanwhile by another program (another test run on this machine) is left alone."""
     shm = Path("/dev/shm")
     before = set(shm.glob("psm_*")) if shm.is_dir() else set()
     yield
-    for segment in (set(shm.glob("psm_*")) if shm.is_dir() else set()) - before:
-        segment.unlink(missing_ok=True)
+    left = (set(shm.glob("psm_*")) if shm.is_dir() else set()) - before
+    in_use = _segments_in_use() if left else set()
+    for segment in left:
+        if str(segment) not in in_use:
+            segment.unlink(missing_ok=True)
 
 
 def _assert_the_rollout_follows_the_actor(run, steps: int) -> None:
