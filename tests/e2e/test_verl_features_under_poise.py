@@ -83,13 +83,18 @@ def _segments_in_use() -> set[str]:
 
 @pytest.fixture(autouse=True)
 def no_shared_memory_left():
-    """vLLM's message queues (`shm_broadcast`) unlink their /dev/shm segments only when garbage-collected, after Ray
-    has killed the engine: remove the ones this test's launches left. Only segments no live process uses: one made
-    meanwhile by another program (another test run on this machine) is left alone."""
+    """vLLM's message queues (`shm_broadcast`) unlink their /dev/shm segments only when garbage-collected, and
+    joblib's loky its semaphores only at a clean exit, but Ray kills the workers: remove the ones this test's
+    launches left. Only those no live process uses: one made meanwhile by another program (another test run on
+    this machine) is left alone."""
     shm = Path("/dev/shm")
-    before = set(shm.glob("psm_*")) if shm.is_dir() else set()
+
+    def ours() -> set[Path]:
+        return {f for pattern in ("psm_*", "sem.loky-*") for f in shm.glob(pattern)} if shm.is_dir() else set()
+
+    before = ours()
     yield
-    left = (set(shm.glob("psm_*")) if shm.is_dir() else set()) - before
+    left = ours() - before
     in_use = _segments_in_use() if left else set()
     for segment in left:
         if str(segment) not in in_use:
