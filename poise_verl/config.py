@@ -38,8 +38,15 @@ class TrainerMode:
     CHECKED_COLOCATE_ASYNC = "checked_colocate_async"
     # CHECKED_COLOCATE_ASYNC plus POISE.
     POISE_COLOCATE_ASYNC = "poise_colocate_async"
+    # verl's fully asynchronous trainer (rollout on devices of its own, weights synced by a checkpoint engine) plus
+    # the same checks and the overlap metrics.
+    CHECKED_SEPARATE_ASYNC = "checked_separate_async"
+    # CHECKED_SEPARATE_ASYNC plus POISE.
+    POISE_SEPARATE_ASYNC = "poise_separate_async"
     # The modes that run POISE (feature capture, the poise estimator, the probe worker).
-    POISE_MODES = (POISE, POISE_COLOCATE_ASYNC)
+    POISE_MODES = (POISE, POISE_COLOCATE_ASYNC, POISE_SEPARATE_ASYNC)
+    # The asynchronous modes: prompt selection scores candidates before generation, which these start ahead.
+    ASYNC_MODES = (CHECKED_COLOCATE_ASYNC, POISE_COLOCATE_ASYNC, CHECKED_SEPARATE_ASYNC, POISE_SEPARATE_ASYNC)
 
 
 def _typed(cls, raw: Any, where: str):
@@ -283,6 +290,11 @@ def _module_file(module: str) -> str:
     return spec.origin
 
 
+def _devices(trainer_nodes, trainer_per_node, rollout_nodes, rollout_per_node) -> int:
+    """``${poise_devices:...}``: the logical devices a CPU run declares to Ray, the trainer's and the rollout's own."""
+    return int(trainer_nodes) * int(trainer_per_node) + int(rollout_nodes) * int(rollout_per_node)
+
+
 def register_resolvers() -> None:
     """Register poise-verl's OmegaConf resolvers (idempotent). Only the driver resolves the config."""
     resolvers = (
@@ -290,10 +302,52 @@ def register_resolvers() -> None:
         ("poise_tiny", _tiny),
         ("poise_module_file", _module_file),
         ("poise_micro_batch", _micro_batch),
+        ("poise_devices", _devices),
     )
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def _check_separate_async(config: DictConfig) -> None:
+    """What verl's fully asynchronous trainer asserts inside Ray (``trainer_separate_async.py``), said before it."""
+    rollout = config.actor_rollout_ref.rollout
+    sync_step = int(config.trainer.v1.separate_async.parameter_sync_step)
+    mini_batch = int(config.actor_rollout_ref.actor.ppo_mini_batch_size)
+    train_batch = int(config.data.train_batch_size)
+    if train_batch != sync_step * mini_batch:
+        raise ValueError(
+            f"data.train_batch_size={train_batch} must equal trainer.v1.separate_async.parameter_sync_step="
+            f"{sync_step} x actor_rollout_ref.actor.ppo_mini_batch_size={mini_batch} under the fully asynchronous "
+            "trainer (the weights reach the rollout after each step, one optimizer step per mini-batch): set "
+            f"parameter_sync_step={train_batch // mini_batch if mini_batch and train_batch % mini_batch == 0 else '?'}"
+        )
+    if int(rollout.nnodes) <= 0 or int(rollout.n_gpus_per_node) <= 0:
+        raise ValueError(
+            f"actor_rollout_ref.rollout.nnodes={rollout.nnodes} and n_gpus_per_node={rollout.n_gpus_per_node}: the "
+            "fully asynchronous trainer runs the rollout on devices of its own; set both above 0"
+        )
+    if rollout.checkpoint_engine.backend == "naive":
+        raise ValueError(
+            "actor_rollout_ref.rollout.checkpoint_engine.backend=naive cannot reach rollout devices of their own: "
+            "set it to nccl on GPUs or gloo on the CPU (runtime.weight_sync_backend, set by the platform file)"
+        )
+    if config.runtime.platform == "cpu" and config.actor_rollout_ref.get("hybrid_engine", True):
+        raise ValueError(
+            "actor_rollout_ref.hybrid_engine=true under the fully asynchronous trainer on the CPU: the trainer would "
+            "also lend its own device to generation; set it to false (algo=poise_fully_async does)"
+        )
+    ray_init = config.ray_kwargs.get("ray_init", {})
+    declared = ray_init.get("num_gpus")
+    needed = int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node) + int(rollout.nnodes) * int(
+        rollout.n_gpus_per_node
+    )
+    if config.runtime.platform == "cpu" and declared is not None and int(declared) < needed:
+        raise ValueError(
+            f"ray_kwargs.ray_init.num_gpus={declared}: the fully asynchronous trainer needs {needed} logical devices "
+            f"on the CPU (trainer {config.trainer.nnodes} x {config.trainer.n_gpus_per_node}, rollout "
+            f"{rollout.nnodes} x {rollout.n_gpus_per_node}); set ray_kwargs.ray_init.num_gpus={needed}"
+        )
 
 
 def validate(config: DictConfig) -> None:
@@ -313,9 +367,12 @@ def validate(config: DictConfig) -> None:
                 f"trainer.v1.trainer_mode={mode} expects algorithm.adv_estimator="
                 f"{POISE_ADV_ESTIMATOR}, got {estimator!r}"
             )
-        if mode == TrainerMode.POISE_COLOCATE_ASYNC and settings.selection.mode != "none":
+        if mode in TrainerMode.ASYNC_MODES and settings.selection.mode != "none":
+            # Selection scores a step's candidate prompts just before they generate and trains on them at once;
+            # the asynchronous trainers submit prompts a step or more before the batch that trains on them, so
+            # the pass rates it targets would be another policy's.
             raise ValueError(
-                f"poise.selection.mode={settings.selection.mode} is not built for the asynchronous trainer "
+                f"poise.selection.mode={settings.selection.mode} is not built for the asynchronous trainers "
                 f"(trainer.v1.trainer_mode={mode}): set poise.selection.mode=none, or use algo=poise"
             )
         if n < 2:
@@ -326,6 +383,8 @@ def validate(config: DictConfig) -> None:
         _check_algorithm_keys_under_poise(config.algorithm)
     _check_micro_batches(config, n)
     _check_sequence_parallel_attention(config)
+    if mode in (TrainerMode.CHECKED_SEPARATE_ASYNC, TrainerMode.POISE_SEPARATE_ASYNC):
+        _check_separate_async(config)
     platform = config.runtime.platform
     if platform not in ("cpu", "gpu"):
         raise ValueError(f"runtime.platform must be 'cpu' or 'gpu', got {platform!r}")

@@ -8,6 +8,8 @@ entry point (``pyproject.toml``). Importing it registers, in that process:
 - the rollout ``hf`` (:mod:`.hf_rollout`): a transformers ``generate`` server that batches concurrent
   requests, its replica, and the actor-side adapter that syncs weights from the actor every step; selected
   with ``actor_rollout_ref.rollout.name=hf``;
+- the checkpoint engine ``gloo`` (:mod:`.gloo_checkpoint_engine`): the weight sync of verl's fully asynchronous
+  trainer (``separate_async``) without NCCL; selected with ``actor_rollout_ref.rollout.checkpoint_engine.backend``;
 - in a process that runs on this platform (``VERL_PLATFORM=cpu``) only: verl's FSDP engines for device
   ``"cpu"`` (a vendor-keyed subclass selected with ``VERL_ENGINE_VENDOR`` still takes precedence), and the
   name ``vllm`` for vLLM's CPU build (:mod:`.vllm_dist_alias`; ``platform=cpu_vllm`` runs verl's own vLLM
@@ -22,6 +24,7 @@ process started outside Ray.
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -78,3 +81,5 @@ def _register_hf_replica() -> None:
 # server module (transformers' generation code) is imported only by the process that builds the rollout.
 when_imported("verl.workers.rollout.base", _register_hf_adapter)
 when_imported("verl.workers.rollout.replica", _register_hf_replica)
+# `checkpoint_engine.backend=gloo` resolves wherever verl builds a checkpoint engine (actor and rollout workers).
+when_imported("verl.checkpoint_engine", lambda: importlib.import_module(f"{__name__}.gloo_checkpoint_engine"))

@@ -4,7 +4,9 @@
 - ``dapo`` (``algo=dapo``): the same plus a bound on DAPO's dynamic sampling;
 - ``poise`` (``algo=poise``): the same plus feature capture and probe baselines (``poise.py``);
 - ``checked_colocate_async`` (``algo=grpo_async``) and ``poise_colocate_async`` (``algo=poise_async``): the same
-  on verl's colocated asynchronous trainer (``colocate_async.py``).
+  on verl's colocated asynchronous trainer (``colocate_async.py``);
+- ``checked_separate_async`` (``algo=grpo_fully_async``) and ``poise_separate_async`` (``algo=poise_fully_async``):
+  the same on verl's fully asynchronous trainer, rollout on devices of its own (``separate_async.py``).
 
 verl imports this package in every Ray process through the package's ``verl.plugins`` entry point; the modes
 register when verl's trainer registry (``verl.trainer.ppo.v1``) is imported, at once if it already is, so the
@@ -16,7 +18,7 @@ import sys
 
 from poise_verl.verl_ext.after_import import when_imported
 
-_MODULES = [f"{__name__}.{name}" for name in ("checked_sync", "poise", "colocate_async")]
+_MODULES = [f"{__name__}.{name}" for name in ("checked_sync", "poise", "colocate_async", "separate_async")]
 _executed: set[str] = set()
 
 
