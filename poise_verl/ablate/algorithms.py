@@ -56,6 +56,9 @@ ALGORITHMS: dict[str, Algorithm] = {
         # On verl's colocated asynchronous trainer: the next batch generates across the weight update.
         Algorithm("poise_async", ("algo=poise_async",), "tab:cyan", probe=True),
         Algorithm("grpo_async", ("algo=grpo_async",), "tab:olive"),
+        # On verl's fully asynchronous trainer: the rollout on a device of its own, generating while the actor trains.
+        Algorithm("poise_fully_async", ("algo=poise_fully_async",), "tab:red", probe=True),
+        Algorithm("grpo_fully_async", ("algo=grpo_fully_async",), "tab:pink"),
     )
 }
 # Every algorithm: `python -m poise_verl.ablate` alone runs the whole comparison; --algos picks a subset.

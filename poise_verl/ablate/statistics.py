@@ -120,6 +120,10 @@ STEP_STATISTICS = {
     " under the asynchronous trainer it alternates)",
     "batch_wait_fresh": "timing_s/gen on the steps whose batch is at staleness 0",
     "batch_wait_stale": "timing_s/gen on the steps whose batch is at staleness 1 or more (generated ahead)",
+    "trainer_wait_share": "separate_async/trainer_wait_share, the share of a step the trainer waited for its batch"
+    " (fully asynchronous trainer only)",
+    "rollout_weight_wait_share": "separate_async/rollout_weight_wait_share, the share of a step the rollout was"
+    " stopped for the weight sync (fully asynchronous trainer only)",
 }
 _STALENESS = "training/off_policy/trajectory_staleness_worst/mean"
 _STEP_COLUMNS = {
@@ -127,6 +131,8 @@ _STEP_COLUMNS = {
     "staleness": _STALENESS,
     "partial_share": "rollout/partial_share",
     "batch_wait": "timing_s/gen",
+    "trainer_wait_share": "separate_async/trainer_wait_share",
+    "rollout_weight_wait_share": "separate_async/rollout_weight_wait_share",
 }
 
 
