@@ -11,6 +11,8 @@ and before the probes see the batch: one entry per row of verl's batch, in its o
 - ``predictions`` ``(B,)``: g(phi_i) from the probes fitted before this step; ``fitted``, ``from_probe``
   ``(B,)`` bool (False: RLOO for that row); ``advantages``: the per-token advantages verl's stage wrote;
 - ``probe_rows`` ``{domain: rows}``: the buffer rows each domain's probe was last fitted on, at prediction time.
+- ``rollout_log_probs`` (when ``actor_rollout_ref.rollout.calculate_log_probs``): the log-probs the rollout server
+  gave each response token, from the weights that generated it (1-D tensors).
 
 This is what a probe study offline needs (fit another probe on the same features, compare layers), and what the
 tests compare against a plain transformers forward and against a probe refit on earlier steps. The folder is on

@@ -56,3 +56,15 @@ def reference_features(
     else:
         reasoning = answer = torch.tensor(0.0)
     return ReferenceFeatures(prompt_feature, response_feature, torch.stack([_mean(entropy), reasoning, answer]))
+
+
+def response_log_probs(model, prompt_ids: torch.Tensor, response_ids: torch.Tensor, temperature: float = 1.0):
+    """``(R,)`` log-probabilities of the response tokens under ``model``, log softmax(logits / T): what a rollout
+    server reports for the weights that sampled them."""
+    prompt = [int(t) for t in prompt_ids]
+    response = [int(t) for t in response_ids]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + response])).logits[0].to(torch.float32)
+    p, r = len(prompt), len(response)
+    log_probs = torch.log_softmax(logits[p - 1 : p + r - 1] / temperature, -1)  # position t predicts token t + 1
+    return log_probs.gather(-1, torch.tensor(response)[:, None])[:, 0]

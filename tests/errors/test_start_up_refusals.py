@@ -59,6 +59,27 @@ REFUSED = {
     "selection_async": (
         ["algo=poise_async", "poise.selection.mode=probe"], "poise.selection.mode=probe is not built for the asynch"
     ),
+    "selection_fully_async": (
+        ["algo=poise_fully_async", "poise.selection.mode=history"],
+        "poise.selection.mode=history is not built for the asynch",
+    ),
+    # what verl's fully asynchronous trainer asserts inside Ray
+    "fully_async_sync_step": (
+        ["algo=poise_fully_async", "trainer.v1.separate_async.parameter_sync_step=2"],
+        "must equal trainer.v1.separate_async.parameter_sync_step=2 x actor_rollout_ref.actor.ppo_mini_batch_size=64",
+    ),
+    "fully_async_no_rollout_devices": (
+        ["algo=grpo_fully_async", "actor_rollout_ref.rollout.nnodes=0"], "actor_rollout_ref.rollout.nnodes=0"
+    ),
+    "fully_async_naive_sync": (
+        ["algo=poise_fully_async", "runtime.weight_sync_backend=naive"], "checkpoint_engine.backend=naive"
+    ),
+    "fully_async_hybrid": (
+        ["algo=poise_fully_async", "actor_rollout_ref.hybrid_engine=true"], "actor_rollout_ref.hybrid_engine=true"
+    ),
+    "fully_async_devices": (
+        ["algo=poise_fully_async", "ray_kwargs.ray_init.num_gpus=1"], "set ray_kwargs.ray_init.num_gpus=2"
+    ),
     "async_trainer_other_estimator": (
         ["algo=grpo", "trainer.v1.trainer_mode=poise_colocate_async"], "expects algorithm.adv_estimator=poise"
     ),
@@ -93,7 +114,7 @@ def test_a_refused_setting_stops_before_ray_naming_the_key(case):
     assert dict(os.environ) == environment
 
 
-@pytest.mark.parametrize("algo", ["poise", "dapo", "grpo"])
+@pytest.mark.parametrize("algo", ["poise", "dapo", "grpo", "poise_fully_async", "grpo_fully_async"])
 def test_the_defaults_pass_the_same_checks(algo, monkeypatch):
     """The checks refuse the cases above, not everything: each algorithm's default config passes them."""
     monkeypatch.setattr(os, "environ", dict(os.environ, VERL_FILE_LOGGER_PATH=os.devnull))  # prepare() sets variables

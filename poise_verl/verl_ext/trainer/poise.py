@@ -197,9 +197,14 @@ class PoiseSteps(PromptSelection):
 
     def _dump_step(self, batch, rollouts: StepRollouts, predictions, fitted, from_probe) -> None:
         """``poise.feature_dump_dir``: this step's rows as the probes and verl's advantage stage saw them."""
+        # The rollout's own log-probs (actor_rollout_ref.rollout.calculate_log_probs): which weights generated the row.
+        behaviour = ["rollout_log_probs"] if self.config.actor_rollout_ref.rollout.calculate_log_probs else []
         data = tq.kv_batch_get(
-            keys=batch.keys, partition_id=batch.partition_id, select_fields=["prompts", "responses", "advantages"]
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=["prompts", "responses", "advantages", *behaviour],
         )
+        extra = {"rollout_log_probs": list(data["rollout_log_probs"].unbind())} if behaviour else {}
         write_step_dump(
             self.poise.feature_dump_dir,
             self.global_steps,
@@ -219,6 +224,7 @@ class PoiseSteps(PromptSelection):
                 "from_probe": from_probe,
                 "advantages": list(data["advantages"].unbind()),
                 "probe_rows": ray.get(self.probe_worker.fit_rows.remote()),
+                **extra,
             },
         )
 
