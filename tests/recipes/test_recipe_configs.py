@@ -424,3 +424,37 @@ def test_the_asynchronous_switch_changes_only_the_trainer_and_the_correction(tin
         True,
         "token",
     )
+
+
+# The GPU splits recipes/README.md documents for algo=poise_fully_async: (trainer GPUs, rollout GPUs) per node.
+FULLY_ASYNC_SPLITS = {"2_gpus": (1, 1), "8_gpus": (2, 6)}
+
+
+@pytest.mark.filterwarnings("ignore:Disabled critic")
+@pytest.mark.parametrize("split", sorted(FULLY_ASYNC_SPLITS))
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("algo", ["poise_fully_async", "grpo_fully_async"])
+def test_the_fully_asynchronous_switch_with_a_documented_split(tiny_cache, recipe, algo, split):
+    """`algo=poise_fully_async` on a GPU recipe with recipes/README.md's split: verl's NCCL weight sync, no rollout
+    replica on the training GPUs, one weight sync per step, and the checks before Ray and verl's own accept it."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from poise_verl.config import register_resolvers, validate
+
+    register_resolvers()
+    trainer_gpus, rollout_gpus = FULLY_ASYNC_SPLITS[split]
+    overrides = [f"+recipe={recipe}", f"algo={algo}", f"trainer.n_gpus_per_node={trainer_gpus}",
+                 f"actor_rollout_ref.rollout.n_gpus_per_node={rollout_gpus}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        config = compose(config_name="poise_trainer", overrides=overrides)
+    OmegaConf.resolve(config)
+    validate(config)
+    validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    rollout = config.actor_rollout_ref.rollout
+    assert rollout.checkpoint_engine.backend == "nccl"  # verl's own; gloo is the CPU platform's
+    assert config.actor_rollout_ref.hybrid_engine is False
+    assert (rollout.nnodes, rollout.n_gpus_per_node) == (1, rollout_gpus)
+    separate = config.trainer.v1.separate_async
+    assert separate.parameter_sync_step * config.actor_rollout_ref.actor.ppo_mini_batch_size == config.data.train_batch_size
+    assert config.ray_kwargs.ray_init.num_gpus is None  # Ray counts the node's GPUs itself
