@@ -11,7 +11,7 @@ from poise_verl.ablate.algorithms import REFERENCE_ALGO
 from poise_verl.ablate.metrics import ADVANTAGE_STD_KEYS, RunResult
 
 # verl's per-phase timings worth comparing across algorithms (median over the run's steps, seconds).
-PHASES = ("step", "gen", "old_log_prob", "update_actor", "testing")
+PHASES = ("step", "gen", "old_log_prob", "update_actor", "update_weights", "testing")
 # What time to target is divided by DAPO's in: training wall-clock with validations, without, and tokens.
 RATIO_KEYS = ("wall_clock_s", "steps_wall_clock_s", "tokens")
 PROBE_WINDOW = 10  # training steps at the end of a run over which the probe's Pearson is averaged
