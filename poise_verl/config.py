@@ -290,11 +290,6 @@ def _module_file(module: str) -> str:
     return spec.origin
 
 
-def _devices(trainer_nodes, trainer_per_node, rollout_nodes, rollout_per_node) -> int:
-    """``${poise_devices:...}``: the logical devices a CPU run declares to Ray, the trainer's and the rollout's own."""
-    return int(trainer_nodes) * int(trainer_per_node) + int(rollout_nodes) * int(rollout_per_node)
-
-
 def register_resolvers() -> None:
     """Register poise-verl's OmegaConf resolvers (idempotent). Only the driver resolves the config."""
     resolvers = (
@@ -302,7 +297,6 @@ def register_resolvers() -> None:
         ("poise_tiny", _tiny),
         ("poise_module_file", _module_file),
         ("poise_micro_batch", _micro_batch),
-        ("poise_devices", _devices),
     )
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):

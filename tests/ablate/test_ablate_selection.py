@@ -235,7 +235,8 @@ def test_the_verdict_takes_the_validation_nearest_half(tmp_path):
 
 def test_selection_variants_are_registry_entries_with_their_own_experiment_names(tmp_path, capsys):
     assert set(DEFAULT_ALGOS) == {
-        "poise", "poise_select", "poise_history", "rloo2", "dapo", "grpo", "poise_async", "grpo_async"
+        "poise", "poise_select", "poise_history", "rloo2", "dapo", "grpo", "poise_async", "grpo_async",
+        "poise_fully_async", "grpo_fully_async",
     }
     assert len({ALGORITHMS[a].colour for a in DEFAULT_ALGOS}) == len(DEFAULT_ALGOS)
     extra = ["budget.rollouts_per_step=16"]
