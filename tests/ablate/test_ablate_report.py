@@ -188,7 +188,7 @@ def test_report_numbers_match_hand_computed_values(tmp_path):
         and "not reached" in markdown
         and "poise/dapo: wall-clock 0.50x (0.50x without validations)" in markdown
     )
-    assert "| poise | 1.50 | 0.40 | n/a | n/a | 0.50 | 0: 0.50, 1: 0.50 |" in markdown
+    assert "| poise | 1.50 | 0.40 | n/a | n/a | n/a | 0.50 | 0: 0.50, 1: 0.50 |" in markdown  # no update_weights logged
     assert "poise seed 0 0.300, seed 1 0.300." in markdown
 
 
