@@ -66,6 +66,9 @@ def resolve_checkpoint(path: str | Path) -> CheckpointLayout:
     actor = path / "actor" if (path / "actor").is_dir() else path
     rank_files = sorted(p for p in actor.glob("model_world_size_*_rank_*.pt") if _RANK_FILE.search(p.name))
     if not rank_files:
+        run_folder_hint = _run_folder_hint(path)
+        if run_folder_hint:
+            raise CheckpointError(run_folder_hint)
         raise CheckpointError(
             f"{path} is neither a Hugging Face model directory (config.json + *.safetensors/*.bin) nor a verl "
             "checkpoint step folder (actor/model_world_size_W_rank_R.pt + actor/huggingface/)"
@@ -91,6 +94,34 @@ def resolve_checkpoint(path: str | Path) -> CheckpointLayout:
         f"verl checkpoint {actor} is sharded over {world_size} ranks; merge it into a HF directory first:\n"
         f"  python -m verl.model_merger merge --backend fsdp --local_dir {actor} --target_dir {actor}/merged_hf\n"
         f"then pass {actor}/merged_hf. (Note: verl 0.9.1's merger writes bfloat16 weights.)"
+    )
+
+
+def _run_folder_hint(path: Path) -> str | None:
+    """For a training run's folder (``trainer.default_local_dir``, which holds ``global_step_N`` folders): the
+    message naming its step folders and the one to evaluate; None for any other folder.
+
+    The suggestion is the step verl's tracker file names (the last checkpoint written whole), else the highest.
+    """
+    steps = sorted(
+        (int(child.name[len("global_step_"):]), child)
+        for child in path.iterdir()
+        if child.is_dir() and child.name.startswith("global_step_") and child.name[len("global_step_"):].isdigit()
+    )
+    if not steps:
+        return None
+    tracker = path / "latest_checkpointed_iteration.txt"
+    named = tracker.read_text().strip() if tracker.is_file() else ""
+    by_step = dict(steps)
+    latest = by_step.get(int(named)) if named.isdigit() else None
+    why = "the last checkpoint written whole, as its tracker file says"
+    if latest is None:
+        latest, why = steps[-1][1], "the highest step"
+    shown = ", ".join(child.name for _, child in steps[-8:])
+    more = f" (and {len(steps) - 8} earlier)" if len(steps) > 8 else ""
+    return (
+        f"{path} is a training run's folder, not a model: it holds the step folders {shown}{more}. "
+        f"Pass one of them, e.g. {latest} ({why})"
     )
 
 

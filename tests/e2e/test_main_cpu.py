@@ -211,6 +211,14 @@ def test_poise_trains_survives_a_kill_mid_checkpoint_resumes_and_stops_on_ctrl_c
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["settings"]["checkpoint_kind"] == "verl"
     assert summary["results"]
+    # Pointed at the run's folder instead of a step folder, it names the step folders and the one to take.
+    with pytest.raises(SystemExit) as refused:
+        evaluate([str(checkpoint_dir), "--data", str(tiny_assets / "data" / "val.parquet"), "--no-progress",
+                  "--output", str(tmp_path / "eval_run")])
+    message = str(refused.value)
+    assert f"{checkpoint_dir} is a training run's folder, not a model" in message, message
+    assert "global_step_2, global_step_4" in message
+    assert f"Pass one of them, e.g. {checkpoint_dir / f'global_step_{latest}'} (the last checkpoint" in message
 
     # A checkpoint cut short (the actor's weights) stops the next launch before Ray, naming the file and the
     # command that resumes from the previous checkpoint, instead of torch's zip-archive traceback.

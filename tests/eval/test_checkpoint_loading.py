@@ -117,6 +117,20 @@ def test_sharded_checkpoint_points_to_the_merger(tmp_path):
     assert importlib.util.find_spec("verl.model_merger") is not None
 
 
+def test_a_run_folder_names_its_step_folders_and_the_last_whole_one(tmp_path):
+    for step in (10, 2, 20):
+        (tmp_path / f"global_step_{step}" / "actor").mkdir(parents=True)
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("10")  # step 20 was cut short
+    with pytest.raises(CheckpointError) as refused:
+        resolve_checkpoint(tmp_path)
+    message = str(refused.value)
+    assert "holds the step folders global_step_2, global_step_10, global_step_20" in message, message
+    assert f"e.g. {tmp_path / 'global_step_10'} (the last checkpoint written whole" in message
+    (tmp_path / "latest_checkpointed_iteration.txt").unlink()
+    with pytest.raises(CheckpointError, match=r"e\.g\. .*global_step_20 \(the highest step\)"):
+        resolve_checkpoint(tmp_path)
+
+
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="neither a Hugging Face model directory"):
         resolve_checkpoint(tmp_path)
