@@ -23,6 +23,58 @@ POISE_ADV_ESTIMATOR = "poise"  # algorithm.adv_estimator: verl's register_adv_es
 POISE_ENGINE_VENDOR = "poise"  # VERL_ENGINE_VENDOR: the feature-capture engine in verl's EngineRegistry
 # POISE's part of a checkpoint (probes, replay buffer, selection history), in each global_step_N folder.
 POISE_STATE_FILE = "poise_state.pt"
+# Which algorithm wrote a checkpoint (every trainer mode of the project writes it), in each global_step_N folder.
+RUN_IDENTITY_FILE = "run_identity.json"
+# poise.* keys a resumed run may change: they touch only what the run writes out, not what it learns.
+RESUMABLE_POISE_KEYS = ("feature_dump_dir",)
+
+
+def algorithm_identity(config: DictConfig) -> str:
+    """The algorithm a run trains, as far as a checkpoint's optimizer state and data position depend on it:
+    ``poise``, ``dapo`` (verl's grpo estimator with dynamic sampling) or the name of verl's estimator.
+
+    The trainer mode (sync or asynchronous) and ``algo_name`` (a label) are not part of it.
+    """
+    estimator = str(config.algorithm.adv_estimator)
+    filter_groups = config.algorithm.get("filter_groups") or {}
+    if estimator == "grpo" and bool(filter_groups.get("enable", False)):
+        return "dapo"
+    return estimator
+
+
+def run_identity(config: DictConfig) -> dict[str, str]:
+    """What :data:`RUN_IDENTITY_FILE` holds: the algorithm, and the names a message shows a user."""
+    return {
+        "algorithm": algorithm_identity(config),
+        "algo_name": str(config.get("algo_name", "")),
+        "trainer_mode": str(config.trainer.v1.trainer_mode),
+    }
+
+
+def flat_settings(settings: dict, prefix: str = "poise") -> dict[str, Any]:
+    """``{"poise.probe.alpha": 100.0, ...}`` from ``asdict(PoiseSettings)`` (as saved in a checkpoint), with
+    tuples as lists so that a saved and a configured value compare equal when they are."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict) and key != "capacity":
+            flat.update(flat_settings(value, name))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def changed_poise_settings(saved: dict, configured: dict) -> list[tuple[str, Any, Any]]:
+    """``(key, saved value, configured value)`` for every ``poise.*`` key whose value differs, but for the
+    keys a resumed run may change (:data:`RESUMABLE_POISE_KEYS`)."""
+    old, new = flat_settings(saved), flat_settings(configured)
+    free = {f"poise.{key}" for key in RESUMABLE_POISE_KEYS}
+    missing = object()
+    return [
+        (key, old.get(key, missing), new.get(key, missing))
+        for key in sorted(set(old) | set(new))
+        if key not in free and old.get(key, missing) != new.get(key, missing)
+    ]
 
 
 class TrainerMode:

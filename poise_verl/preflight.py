@@ -21,12 +21,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from poise_verl.verl_ext.checkpoint_guard import TRACKER_FILE  # verl's checkpoint tracker, written last
+
 # Columns verl's RLHFDataset and reward managers read from every row (besides the prompt column).
 DATA_SOURCE = "data_source"
 REWARD_MODEL = "reward_model"
 GROUND_TRUTH = "ground_truth"
 DATA_SUFFIXES = (".parquet", ".json", ".jsonl")
-TRACKER_FILE = "latest_checkpointed_iteration.txt"  # verl's checkpoint tracker, written last
 RESUME_MODES = ("auto", "disable", "resume_path")
 SCAN_BATCH_ROWS = 65536
 
@@ -421,7 +422,10 @@ def check_resume(config: DictConfig, is_poise: bool) -> list[str]:
             return [
                 "trainer.resume_mode=resume_path needs trainer.resume_from_path=<run folder>/global_step_N"
             ]
-        return _check_step_folder(Path(os.path.expanduser(str(path))), "trainer.resume_from_path", is_poise)
+        folder = Path(os.path.expanduser(str(path)))
+        return _check_step_folder(folder, "trainer.resume_from_path", is_poise) or _check_same_run(
+            folder, config, is_poise
+        )
     root = Path(str(trainer.default_local_dir))
     tracker = root / TRACKER_FILE
     if not tracker.is_file():
@@ -434,7 +438,66 @@ def check_resume(config: DictConfig, is_poise: bool) -> list[str]:
                 "resume. Write the step of the last complete global_step_N folder into it, or delete it to start fresh"
             )
         ]
-    return _check_step_folder(root / f"global_step_{text}", f"{tracker} (trainer.resume_mode=auto)", is_poise)
+    folder = root / f"global_step_{text}"
+    return _check_step_folder(folder, f"{tracker} (trainer.resume_mode=auto)", is_poise) or _check_same_run(
+        folder, config, is_poise
+    )
+
+
+_START_FRESH = "or start fresh: a new trainer.default_local_dir (or trainer.resume_mode=disable)"
+
+
+def _check_same_run(folder: Path, config: DictConfig, is_poise: bool) -> list[str]:
+    """The checkpoint a launch resumes was written by the same algorithm, and under POISE with the same
+    ``poise.*`` settings: a resume continues a run, it never silently trains another one from its state."""
+    from poise_verl.config import POISE_STATE_FILE, RUN_IDENTITY_FILE, algorithm_identity
+
+    algorithm = algorithm_identity(config)
+    identity_file = folder / RUN_IDENTITY_FILE
+    if identity_file.is_file():
+        saved = json.loads(identity_file.read_text())
+    else:  # written before run_identity.json existed: only POISE's own file tells the algorithms apart
+        saved = {"algorithm": "poise" if (folder / POISE_STATE_FILE).is_file() else None, "algo_name": None}
+    if saved["algorithm"] is not None and saved["algorithm"] != algorithm:
+        shown = f"algo={saved['algo_name']}" if saved.get("algo_name") else f"the {saved['algorithm']} algorithm"
+        return [
+            (
+                f"{folder} was written by {shown} ({saved['algorithm']}); this launch trains {algorithm} "
+                f"(algo={config.get('algo_name')}). Resuming would train {algorithm} on from another algorithm's "
+                f"weights, optimizer state and data position: resume it with {shown}, {_START_FRESH}"
+            )
+        ]
+    if not (is_poise and (folder / POISE_STATE_FILE).is_file()):
+        return []
+    return _check_same_poise_settings(folder, config)
+
+
+def _check_same_poise_settings(folder: Path, config: DictConfig) -> list[str]:
+    from dataclasses import asdict
+
+    import torch
+
+    from poise_verl.config import POISE_STATE_FILE, PoiseSettings, changed_poise_settings
+
+    # mmap: the probes' and the replay buffer's tensors stay on disk; only the settings are read.
+    saved = torch.load(folder / POISE_STATE_FILE, weights_only=False, mmap=True, map_location="cpu").get("settings")
+    if saved is None:  # a checkpoint from before the settings were saved with it
+        return []
+    changed = changed_poise_settings(saved, asdict(PoiseSettings.from_config(config.poise)))
+    if not changed:
+        return []
+
+    def shown(value) -> str:
+        return "(not set)" if not isinstance(value, str | int | float | bool | list | dict | None) else repr(value)
+
+    lines = "\n".join(f"    {key}: saved {shown(old)}, this launch {shown(new)}" for key, old, new in changed)
+    return [
+        (
+            f"{folder} was trained with other poise settings than this launch sets; a resumed run keeps the probes, "
+            f"replay buffer and settings it saved, so the new values would not apply:\n{lines}\n  Resume with the "
+            f"saved values, {_START_FRESH}"
+        )
+    ]
 
 
 def _check_step_folder(folder: Path, key: str, is_poise: bool) -> list[str]:

@@ -110,7 +110,9 @@ def _run_folder_hint(path: Path) -> str | None:
     )
     if not steps:
         return None
-    tracker = path / "latest_checkpointed_iteration.txt"
+    from poise_verl.verl_ext.checkpoint_guard import TRACKER_FILE
+
+    tracker = path / TRACKER_FILE
     named = tracker.read_text().strip() if tracker.is_file() else ""
     by_step = dict(steps)
     latest = by_step.get(int(named)) if named.isdigit() else None

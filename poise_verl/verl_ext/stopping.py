@@ -1,10 +1,14 @@
-"""How a run stops: a reward failure recorded by the reward guard, or Ctrl-C, ends it with one message last.
+"""How a run stops: a reward failure recorded by the reward guard, a checkpoint that could not be written, Ctrl-C
+or SIGTERM ends it with one message last.
 
 :func:`stop_cleanly` wraps verl's ``run_ppo`` in the driver. A thread polls the reward guard's failure log (the
 named Ray actor :mod:`poise_verl.verl_ext.reward_guard` creates once a reward call failed) and interrupts the
 driver's wait on the trainer; Ctrl-C (or ``kill -INT``, also for a run started as a script's background job)
-lands in the same place. Either way Ray is shut down first, so its workers stop printing, and then the message
-is printed: what the run's last lines say, with where the same command resumes.
+lands in the same place, and so does SIGTERM, what SLURM, Kubernetes, ``docker stop`` and systemd send before they
+kill a job (without this, Ray's crash handler in the driver prints a stack dump and aborts with exit 134). A
+failed checkpoint write arrives as the trainer's error (:mod:`.checkpoint_guard`). Either way Ray is shut down
+first, so its workers stop printing, and then the message is printed: what the run's last lines say, with where
+the same command resumes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import threading
 
 import ray
 
+from poise_verl.verl_ext.checkpoint_guard import CheckpointWriteError, find_in_chain
 from poise_verl.verl_ext.reward_guard import FAILURE_LOG_NAME
 
 logger = logging.getLogger(__name__)
@@ -79,10 +84,40 @@ def _catch_sigint() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+class Terminated(BaseException):
+    """SIGTERM reached the driver; raised in its main thread, where Ctrl-C's KeyboardInterrupt would be."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _catch_sigterm() -> None:
+    """Handle SIGTERM in the driver like Ctrl-C, before and after ``ray.init``.
+
+    ``ray.init`` replaces the handler as it connects: Python's (``sys.exit``) and, in its core worker, a C++
+    crash handler that prints ``*** SIGTERM received ***`` with a stack dump and aborts. A hook of Ray's, run at
+    the end of ``ray.init`` in the thread that called it, puts this one back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    hooks = ray._private.worker._post_init_hooks  # ray 2.x: run by ray.init after it connected
+    if _reinstall_sigterm not in hooks:
+        hooks.append(_reinstall_sigterm)
+
+
+def _reinstall_sigterm() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 @contextlib.contextmanager
 def stop_cleanly(config):
-    """Around verl's ``run_ppo``: a recorded failure or Ctrl-C ends the run, Ray first, the message last."""
+    """Around verl's ``run_ppo``: a recorded failure, a failed checkpoint write, Ctrl-C or SIGTERM ends the run,
+    Ray first, the message last."""
     _catch_sigint()
+    _catch_sigterm()
     watcher = _Watcher()
     watcher.start()
     try:
@@ -98,9 +133,11 @@ def stop_cleanly(config):
     except BaseException as error:
         watcher.stopped.set()
         failure = str(error) if isinstance(error, _RecordedFailure) else watcher.failure
-        if failure is None and not isinstance(error, KeyboardInterrupt):
+        stopped_by = isinstance(error, KeyboardInterrupt | Terminated)
+        if failure is None and not stopped_by:
             with contextlib.suppress(Exception):
                 failure = recorded_failure()  # the trainer may have failed on it before the watcher looked
+        checkpoint_failure = None if stopped_by else find_in_chain(error, CheckpointWriteError)
         _shutdown_ray()
         if failure is not None:
             _print_last(
@@ -108,12 +145,21 @@ def stop_cleanly(config):
                 f"{_resume_hint(config)}."
             )
             raise SystemExit(1) from None
+        if checkpoint_failure is not None:
+            _print_last(f"poise-verl: the run stopped: {checkpoint_failure}.")
+            raise SystemExit(1) from None
         if isinstance(error, KeyboardInterrupt):
             _print_last(
                 "poise-verl: interrupted (Ctrl-C); the run and its Ray processes are stopped"
                 f"{_resume_hint(config, interrupted=True)}."
             )
             raise SystemExit(130) from None
+        if isinstance(error, Terminated):
+            _print_last(
+                "poise-verl: terminated (SIGTERM); the run and its Ray processes are stopped"
+                f"{_resume_hint(config, interrupted=True)}."
+            )
+            raise SystemExit(128 + signal.SIGTERM) from None
         raise
     finally:
         watcher.stopped.set()

@@ -289,3 +289,68 @@ def test_a_checkpoint_cut_short_is_named_with_the_checkpoint_to_resume_instead(t
         ),
         is_poise=True,
     ) == []
+
+
+def test_a_checkpoint_resumes_only_under_the_algorithm_that_wrote_it(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    folder = _checkpoint(ckpt, 2, poise_state=False)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("2")
+    base = f"trainer.default_local_dir={ckpt}"
+    for written_by, identity in (("poise", "poise"), ("dapo", "dapo"), ("grpo", "grpo")):
+        (folder / "run_identity.json").write_text(
+            json.dumps({"algorithm": identity, "algo_name": written_by, "trainer_mode": written_by})
+        )
+        for launched in ("poise", "dapo", "grpo"):
+            if launched == "poise" and written_by == "poise":
+                continue  # needs a POISE state: the settings test below
+            problems = check_resume(compose_config(base, f"algo={launched}"), is_poise=launched == "poise")
+            if launched == written_by:
+                assert problems == [], problems
+            elif launched == "poise":  # refused as before: no probes or buffer to resume
+                assert "has no poise_state.pt" in problems[0], problems
+            else:
+                assert problems == [
+                    f"{folder} was written by algo={written_by} ({identity}); this launch trains {launched} "
+                    f"(algo={launched}). Resuming would train {launched} on from another algorithm's weights, "
+                    f"optimizer state and data position: resume it with algo={written_by}, or start fresh: a new "
+                    "trainer.default_local_dir (or trainer.resume_mode=disable)"
+                ], problems
+    # The asynchronous modes train the same algorithms: a POISE checkpoint resumes under poise_async.
+    (folder / "run_identity.json").write_text(json.dumps({"algorithm": "grpo", "algo_name": "grpo"}))
+    assert check_resume(compose_config(base, "algo=grpo_async"), is_poise=False) == []
+    # A checkpoint from before run_identity.json existed: POISE's own file still tells a POISE one apart.
+    (folder / "run_identity.json").unlink()
+    import torch
+
+    torch.save({"probe": {}}, folder / "poise_state.pt")
+    (problem,) = check_resume(compose_config(base, "algo=dapo"), is_poise=False)
+    assert problem.startswith(f"{folder} was written by the poise algorithm (poise); this launch trains dapo")
+
+
+def test_a_poise_checkpoint_resumes_only_with_the_poise_settings_it_was_trained_with(tmp_path):
+    from dataclasses import asdict
+
+    import torch
+
+    from poise_verl.config import PoiseSettings
+
+    ckpt = tmp_path / "ckpt"
+    folder = _checkpoint(ckpt, 2, poise_state=False)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("2")
+    base = f"trainer.default_local_dir={ckpt}"
+    saved = asdict(PoiseSettings.from_config(compose_config(base, "poise.probe.ridge.alpha=100").poise))
+    torch.save({"settings": saved, "probe": {}, "buffer": {"rows": torch.zeros(4, 8)}}, folder / "poise_state.pt")
+    assert check_resume(compose_config(base, "poise.probe.ridge.alpha=100"), is_poise=True) == []
+    # Where the run writes its diagnostics may change; nothing it learns depends on it.
+    assert check_resume(
+        compose_config(base, "poise.probe.ridge.alpha=100", f"poise.feature_dump_dir={tmp_path}"), is_poise=True
+    ) == []
+    (problem,) = check_resume(
+        compose_config(base, "poise.probe.ridge.alpha=10", "+poise.buffer.capacity.physics=500"), is_poise=True
+    )
+    assert problem.startswith(f"{folder} was trained with other poise settings than this launch sets"), problem
+    assert "    poise.buffer.capacity: saved {" in problem and "'physics': 500}" in problem
+    assert "    poise.probe.ridge.alpha: saved 100, this launch 10" in problem
+    assert problem.endswith(
+        "Resume with the saved values, or start fresh: a new trainer.default_local_dir (or trainer.resume_mode=disable)"
+    )

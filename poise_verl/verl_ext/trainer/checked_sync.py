@@ -9,13 +9,17 @@ POISE), and ``runtime.poll_interval_s`` sets how often verl's replay buffer look
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import torch
 import transfer_queue as tq
 from verl.trainer.ppo.v1.trainer_base import register_trainer
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 
-from poise_verl.config import TrainerMode
+from poise_verl.config import RUN_IDENTITY_FILE, TrainerMode, run_identity
+from poise_verl.verl_ext.checkpoint_guard import atomic_write_text, guarded_save
 
 
 def to_list(field) -> list:
@@ -82,6 +86,22 @@ class CheckedSteps:
         padded = data.to_padded_tensor()
         metrics["training/adv_std"] = per_rollout_advantage_std(padded["advantages"], padded["response_mask"])
         return batch
+
+    def _save_checkpoint(self):
+        """verl's save, after the run's own files: the algorithm that wrote it (refused at start when another one
+        resumes it) and, through :meth:`_write_run_state`, what a trainer mode adds. verl writes its tracker file
+        last, so a save cut short never names a checkpoint without them. A failed write (a full disk) stops the run
+        with a message naming the folder and the checkpoint the same command resumes from."""
+        root = self.config.trainer.default_local_dir
+        with guarded_save(root, self.global_steps):
+            folder = os.path.join(root, f"global_step_{self.global_steps}")
+            os.makedirs(folder, exist_ok=True)
+            self._write_run_state(folder)
+            super()._save_checkpoint()
+
+    def _write_run_state(self, folder: str) -> None:
+        """Write what this trainer keeps beside verl's checkpoint into ``folder`` (a global_step_N folder)."""
+        atomic_write_text(os.path.join(folder, RUN_IDENTITY_FILE), json.dumps(run_identity(self.config), indent=1))
 
     def _build_replay_buffer(self):
         buffer = super()._build_replay_buffer()

@@ -307,11 +307,10 @@ class PoiseSteps(PromptSelection):
             return self.config.trainer.resume_from_path
         return os.path.join(root, f"global_step_{self.global_steps}")
 
-    def _save_checkpoint(self):
-        # POISE's state goes in first: verl writes latest_checkpointed_iteration.txt last, so a crash in
-        # between never leaves a checkpoint that resumes without its probes and buffer.
-        folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
-        os.makedirs(folder, exist_ok=True)
+    def _write_run_state(self, folder: str) -> None:
+        """POISE's state beside verl's checkpoint (written before verl's files and its tracker: a save cut short
+        never leaves a checkpoint that resumes without its probes and buffer)."""
+        super()._write_run_state(folder)
         state = {
             "global_steps": self.global_steps,
             "probe": ray.get(self.probe_worker.state_dict.remote()),
@@ -322,7 +321,6 @@ class PoiseSteps(PromptSelection):
         tmp = os.path.join(folder, POISE_STATE_FILE + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, os.path.join(folder, POISE_STATE_FILE))
-        super()._save_checkpoint()
 
     def _load_checkpoint(self):
         super()._load_checkpoint()
