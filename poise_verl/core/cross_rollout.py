@@ -20,6 +20,12 @@ same leave-one-out mean, with the rewards themselves as the baseline.)
 
 Group ids may be a numpy array of uids (verl's ``non_tensor_batch["uid"]``) or an integer tensor;
 siblings may sit anywhere in the batch.
+
+A rollout whose siblings all failed to generate (verl keeps a group whose other agent-loop sessions errored or
+returned nothing) has no sibling to take a baseline from: ``cross_rollout_advantages`` gives it advantage 0, no
+policy gradient, as if it had not been drawn (``lone_rows`` finds them). Under GRPO verl gives such a row its
+raw reward as advantage (baseline 0); here the rule keeps every baseline a sibling's, and the gradient stays
+unbiased as long as a generation fails independently of the reward its rollout would have earned.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ __all__ = [
     "cross_rollout_advantages",
     "group_inverse",
     "leave_one_out_mean",
+    "lone_rows",
     "sibling_targets",
 ]
 
@@ -84,6 +91,32 @@ def _check_counts(counts: torch.Tensor, uniques: list[Any], n: int | None) -> No
             )
         if n is not None and count != n:
             raise ValueError(f"group uid={uid!r} has {count} rollouts, expected n = {n}")
+
+
+def lone_rows(group_index: Any, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B,)`` bool: True on the valid rows whose group holds no other valid row (no sibling to baseline them).
+
+    Args:
+        group_index: ``(B,)`` uids or int tensor.
+        valid: ``(B,)`` bool, False on rows that belong to no group (verl's padding rows); None: all valid.
+    """
+    keep = _valid_mask(group_index, valid)
+    lone = torch.zeros_like(keep)
+    if bool(keep.any()):
+        inverse, counts, _ = group_inverse(_select(group_index, keep))
+        lone[keep] = counts[inverse] < 2
+    return lone
+
+
+def _valid_mask(group_index: Any, valid: torch.Tensor | None) -> torch.Tensor:
+    size = group_index.numel() if isinstance(group_index, torch.Tensor) else np.asarray(group_index).size
+    return torch.ones(size, dtype=torch.bool) if valid is None else valid.reshape(-1).to("cpu", torch.bool)
+
+
+def _select(group_index: Any, rows: torch.Tensor) -> Any:
+    if isinstance(group_index, torch.Tensor):
+        return group_index.reshape(-1)[rows.to(group_index.device)]
+    return np.asarray(group_index).reshape(-1)[rows.numpy()]
 
 
 def leave_one_out_mean(values: torch.Tensor, group_index: Any) -> torch.Tensor:
@@ -163,17 +196,16 @@ def cross_rollout_advantages(
             a made-up uid): they get advantage 0 and take no part in any group. None: every row is valid.
 
     Returns:
-        ``(B, T)`` float32, A_i broadcast over i's response tokens and 0 elsewhere.
+        ``(B, T)`` float32, A_i broadcast over i's response tokens and 0 elsewhere; 0 also on a valid row with no
+        valid sibling (``lone_rows``).
     """
     rewards = rewards.reshape(-1).to(torch.float32)
     batch = rewards.shape[0]
     if response_mask.dim() != 2 or response_mask.shape[0] != batch:
         raise ValueError(f"response_mask {tuple(response_mask.shape)} must be (B, T) with B = {batch}")
-    keep = torch.ones(batch, dtype=torch.bool) if valid is None else valid.reshape(-1).to("cpu", torch.bool)
-    if isinstance(group_index, torch.Tensor):
-        index = group_index.reshape(-1)[keep.to(group_index.device)]
-    else:
-        index = np.asarray(group_index).reshape(-1)[keep.numpy()]
+    keep = _valid_mask(group_index, valid)
+    keep = keep & ~lone_rows(group_index, keep)  # no sibling, no baseline: advantage 0
+    index = _select(group_index, keep)
     per_rollout = torch.zeros(batch, dtype=torch.float32, device=rewards.device)
     if bool(keep.any()):
         rows = keep.to(rewards.device)

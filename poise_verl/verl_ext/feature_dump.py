@@ -4,7 +4,9 @@ With the key set, the POISE trainer writes ``<dir>/step_<N>.pt`` every step, rig
 and before the probes see the batch: one entry per row of verl's batch, in its order (padding rows included,
 ``valid`` False), holding
 
-- ``uids``, ``domains``, ``valid``: the prompt uid, probe domain and realness of each row;
+- ``uids``, ``domains``, ``valid``: the prompt uid, probe domain and whether the row is a rollout that trains
+  with a sibling (False on padding rows and on ``lone`` ones); ``lone``: a rollout whose siblings failed to
+  generate (advantage 0, not in the replay buffer);
 - ``prompt_ids``, ``response_ids``: the token ids the actor's old-log-prob pass ran on (lists of 1-D tensors);
 - ``rewards`` ``(B,)``: R_i; ``prompt_features``, ``response_features`` ``(B, H)``: the pooled layer states
   captured in that pass; ``entropy_features`` ``(B, S)`` with ``entropy_feature_names``;

@@ -10,6 +10,7 @@ from poise_verl.core.cross_rollout import (
     check_groups,
     cross_baselines,
     cross_rollout_advantages,
+    lone_rows,
     sibling_targets,
 )
 
@@ -113,5 +114,24 @@ def test_padding_rows_are_in_no_group_and_get_zero():
         )
         torch.testing.assert_close(padded[:batch], real)
         assert torch.equal(padded[batch:], torch.zeros(pad, 5))
-    with pytest.raises(ValueError, match="'pad0' has 1 rollout"):  # unmarked, a lone padding row is an error
-        cross_rollout_advantages(torch.ones(3), torch.ones(3), np.array(["a", "a", "pad0"]), torch.ones(3, 1))
+
+
+def test_a_rollout_whose_siblings_failed_gets_no_gradient_and_changes_no_other_row():
+    """verl keeps a group whose other sessions failed with the rollouts that finished: a lone row has no sibling
+    to take a baseline from, so it gets advantage 0; a group of 3 that lost one rollout pairs its other two."""
+    uids = np.array(["a", "a", "b", "c", "c", "c", "d"], dtype=object)
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    predictions = torch.tensor([0.2, 0.6, 0.9, 0.5, 0.1, 0.3, 0.4])
+    assert lone_rows(uids).tolist() == [False, False, True, False, False, False, True]
+    padding = torch.tensor([True] * 6 + [False])
+    assert lone_rows(uids, padding).tolist() == [False, False, True, False, False, False, False]
+    advantages = cross_rollout_advantages(rewards, predictions, uids, torch.ones(7, 2))[:, 0]
+    paired = torch.tensor([0, 1, 3, 4, 5])
+    alone = cross_rollout_advantages(rewards[paired], predictions[paired], uids[paired.numpy()], torch.ones(5, 1))
+    torch.testing.assert_close(advantages[paired], alone[:, 0])
+    assert advantages[2] == 0.0 and advantages[6] == 0.0
+    torch.testing.assert_close(advantages[0], torch.tensor(1.0 - 0.6))  # A_i = R_i - g(phi_sibling)
+    torch.testing.assert_close(advantages[3], torch.tensor(1.0 - (0.1 + 0.3) / 2))
+    # The probe's targets need a sibling's reward: asked for a lone row, they still refuse.
+    with pytest.raises(ValueError, match="'b' has 1 rollout"):
+        sibling_targets(rewards, uids)

@@ -207,16 +207,21 @@ class Launch:
         log = self.log()
         return Run(self.process.returncode, log, self.checkpoint_dir)
 
-    def interrupt(self, timeout: float) -> tuple[int, set[str], str]:
-        """Ctrl-C as a terminal sends it: SIGINT to the launch's process group. Waits up to TIMEOUT for the driver
-        and for every process of the launch; returns (the driver's exit code, the processes still alive, output)."""
+    def interrupt(self, timeout: float, terminate: bool = False) -> tuple[int, set[str], str]:
+        """Ctrl-C as a terminal sends it: SIGINT to the launch's process group; with ``terminate``, SIGTERM to the
+        driver alone, as ``docker stop``, Kubernetes and systemd send it to a job's main process. Waits up to
+        TIMEOUT for the driver and for every process of the launch; returns (the driver's exit code, the processes
+        still alive, output)."""
         import signal
 
         import psutil
 
         launched = self.processes()
         assert len(launched) > 3, "expected the driver, its Ray cluster and the Ray workers"
-        os.killpg(self.process.pid, signal.SIGINT)
+        if terminate:
+            self.process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(self.process.pid, signal.SIGINT)
         returncode = self.process.wait(timeout=timeout)
         _, alive = psutil.wait_procs(launched, timeout=timeout)
         left = {f"{p.pid} {p.name()}" for p in alive} | {f"{p.pid} {p.name()}" for p in self.processes()}
@@ -253,14 +258,16 @@ def start_main(args: list[str], workdir: Path, small: list[str] = SMALL, sigint_
     return Launch(process, log_path, checkpoint_dir, marker, ray_dir)
 
 
-def assert_stopped_by_ctrl_c(returncode: int, left: set[str], log: str, resume_from: Path) -> None:
-    """What Ctrl-C must leave (:meth:`Launch.interrupt`): exit code 130, no process of the run, and a last line
-    naming the checkpoint the same command resumes from."""
-    assert returncode == 130, last_lines(log, 20)
+def assert_stopped_by_ctrl_c(
+    returncode: int, left: set[str], log: str, resume_from: Path, terminated: bool = False
+) -> None:
+    """What Ctrl-C (or, ``terminated``, SIGTERM) must leave (:meth:`Launch.interrupt`): exit code 130 (143), no
+    process of the run, and a last line naming the checkpoint the same command resumes from."""
+    assert returncode == (143 if terminated else 130), last_lines(log, 20)
     assert not left, f"processes of the interrupted run still alive: {sorted(left)}"
+    how = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
     assert last_lines(log, 1) == (
-        "poise-verl: interrupted (Ctrl-C); the run and its Ray processes are stopped; the same command resumes "
-        f"from {resume_from}."
+        f"poise-verl: {how}; the run and its Ray processes are stopped; the same command resumes from {resume_from}."
     ), last_lines(log, 10)
 
 

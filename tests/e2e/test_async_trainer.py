@@ -12,8 +12,10 @@ the partial responses), so this is verl's own asynchronous machinery, not a simu
   policy one update behind (verl's `training/off_policy/trajectory_staleness*`), whose behaviour log-probs then
   differ from the trained policy's and rollout correction weighs them with the same metrics as under GRPO;
 - the resume from step 4's checkpoint, which restores POISE's probes and buffer and verl's queue of prompts
-  generated ahead, and then Ctrl-C while the trainer generates ahead: the run stops with every process it
-  started and names the checkpoint the same command resumes from.
+  generated ahead, saving every step, and then SIGTERM to the driver (what ``docker stop``, Kubernetes and
+  systemd send before they kill a job; SLURM sends it too) while the trainer generates ahead or saves: the run
+  stops with every process it started, names the checkpoint the same command resumes from, and that checkpoint
+  is whole. (Ctrl-C is tested the same way in test_main_cpu.py and test_fully_async_trainer.py.)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from e2e_runner import (
 )
 from step_dumps import assert_rows_pair_with_their_siblings, replay_probe_predictions
 
+from poise_verl.preflight import check_resume
+from poise_verl.verl_ext.checkpoint_guard import TRACKER_FILE
 from poise_verl.verl_ext.feature_dump import load_step_dumps
 
 pytestmark = [pytest.mark.slow(launches=3), pytest.mark.timeout(1500)]
@@ -102,9 +106,9 @@ def test_poise_and_grpo_train_asynchronously_keep_the_probe_order_and_resume(tmp
     assert largest_peeking_difference > 1e-3, largest_peeking_difference
 
     # Resume from step 4's checkpoint: POISE's probes and buffer, and verl's queue of prompts generated ahead. Then
-    # Ctrl-C (SIGINT to the process group, as a terminal sends it) while the next batch is generating ahead: the
-    # run and every process it started stop, and the last line says where the same command resumes.
-    second = start_main(["algo=poise_async", "trainer.total_training_steps=100", "trainer.save_freq=-1", *COMMON],
+    # SIGTERM to the driver, with a checkpoint saved every step (the signal may land in one): the run and every
+    # process it started stop, the last line says where the same command resumes, and that checkpoint is whole.
+    second = start_main(["algo=poise_async", "trainer.total_training_steps=100", "trainer.save_freq=1", *COMMON],
                         tmp_path / "poise")
     try:
         reached = second.wait_for(step_line(6), STEP_BOUND_S)
@@ -114,10 +118,16 @@ def test_poise_and_grpo_train_asynchronously_keep_the_probe_order_and_resume(tmp
         assert "Restored POISE state from" in log
         assert "Loading TransferQueue state from" in log
         assert not re.search(step_line(4), log), "the resumed run redid step 4"
-        returncode, left, log = second.interrupt(STOP_BOUND_S)
+        returncode, left, log = second.interrupt(STOP_BOUND_S, terminate=True)
     finally:
         second.kill_all()
-    assert_stopped_by_ctrl_c(returncode, left, log, resume_from=second.checkpoint_dir / "global_step_4")
+    assert "SIGTERM received" not in log  # Ray's crash handler, with its stack dump and exit 134
+    latest = int((second.checkpoint_dir / TRACKER_FILE).read_text())
+    assert latest >= 6
+    assert_stopped_by_ctrl_c(returncode, left, log, resume_from=second.checkpoint_dir / f"global_step_{latest}",
+                             terminated=True)
+    # The checkpoint a resume takes is whole (the driver's pre-Ray check reads every archive of it).
+    assert check_resume(config, is_poise=True) == []
     resumed = Run(returncode, log, second.checkpoint_dir).metrics()
     assert resumed[5]["poise/buffer_rows"] == 5 * 16 and resumed[6]["poise/buffer_rows"] == 6 * 16
     assert_finite(resumed[5], ASYNC_KEYS)

@@ -22,6 +22,7 @@ from e2e_runner import (
     SMALL_DEFAULT_MICRO_BATCHES,
     assert_finite,
     assert_stopped_by_ctrl_c,
+    compose_config,
     composed_config,
     last_lines,
     run_main,
@@ -29,6 +30,10 @@ from e2e_runner import (
     step_line,
 )
 from safetensors.torch import load_file
+from step_dumps import replay_probe_predictions
+
+from poise_verl.preflight import check_resume
+from poise_verl.verl_ext.feature_dump import load_step_dumps
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -98,13 +103,23 @@ def test_poise_trains_survives_a_kill_mid_checkpoint_resumes_and_stops_on_ctrl_c
        stops the run and every process it started, and the last line says where the same command resumes.
     3. The evaluation command reads the checkpoint the trainer wrote; cut short, the same checkpoint stops the
        next launch before Ray, naming the file and the command that resumes from the one before it.
+
+    The resumed run redoes steps 3 and 4 from step 2's checkpoint: both launches dump their steps
+    (``poise.feature_dump_dir``, a key a resume may change), and the resumed steps equal the uninterrupted ones
+    in what POISE's state decides: the same prompts (verl's data position and the selection history restored),
+    probes fitted on the same buffer rows, and predictions that a probe replayed offline over the first launch's
+    steps 1-2 and the resumed steps 3-4 reproduces. What differs is the responses: the rollout server samples
+    anew (its random state restarts from ``rollout.seed``; tests/core/test_resume_equality.py compares the same
+    state machine with the rollouts held fixed). The checkpoint also refuses, before Ray, a launch of another
+    algorithm and one with another ``poise.*`` setting.
     """
     checkpoint_dir = tmp_path / "ckpt"
     torn = checkpoint_dir / "global_step_4"
     torn.mkdir(parents=True)
     os.mkfifo(torn / "data.pt")  # the trainer blocks here, mid-way through writing checkpoint 4
 
-    first = start_main([*RUN, "trainer.total_training_steps=4"], tmp_path, small=SMALL_DEFAULT_MICRO_BATCHES)
+    first = start_main([*RUN, "trainer.total_training_steps=4", f"poise.feature_dump_dir={tmp_path / 'dump_1'}"],
+                       tmp_path, small=SMALL_DEFAULT_MICRO_BATCHES)
     try:
         written = first.wait_for(step_line(2), STEP_BOUND_S) and first.wait_for(
             r"Saving checkpoint to .*global_step_4", STEP_BOUND_S
@@ -153,7 +168,8 @@ def test_poise_trains_survives_a_kill_mid_checkpoint_resumes_and_stops_on_ctrl_c
     assert moved > 0.0
 
     second = start_main(
-        [*RUN, "trainer.total_training_steps=100"], tmp_path, small=SMALL_DEFAULT_MICRO_BATCHES, sigint_ignored=True
+        [*RUN, "trainer.total_training_steps=100", f"poise.feature_dump_dir={tmp_path / 'dump_2'}"], tmp_path,
+        small=SMALL_DEFAULT_MICRO_BATCHES, sigint_ignored=True,
     )
     try:
         resumed = second.wait_for(step_line(4), STEP_BOUND_S)
@@ -193,6 +209,28 @@ def test_poise_trains_survives_a_kill_mid_checkpoint_resumes_and_stops_on_ctrl_c
     # The first launch's metrics survive the resume: its file is untouched, the second launch wrote its own.
     assert first_metrics_file.read_text() == first_metrics_text
     assert len(list((checkpoint_dir / "metrics").glob("*.jsonl"))) == 2
+
+    # Steps 3 and 4, uninterrupted (first launch) and resumed from step 2 (second): what POISE's state decides.
+    uninterrupted, resumed_steps = load_step_dumps(tmp_path / "dump_1"), load_step_dumps(tmp_path / "dump_2")
+    assert sorted(uninterrupted) == [1, 2, 3, 4] and {3, 4} <= set(resumed_steps)
+    for step in (3, 4):
+        prompts = [sorted(tuple(ids.tolist()) for ids in run[step]["prompt_ids"]) for run in (uninterrupted,
+                                                                                               resumed_steps)]
+        assert prompts[0] == prompts[1], f"step {step}: the resumed run trained on other prompts"
+        assert resumed_steps[step]["probe_rows"] == uninterrupted[step]["probe_rows"], step
+    config = composed_config(tmp_path)
+    joined = {1: uninterrupted[1], 2: uninterrupted[2], 3: resumed_steps[3], 4: resumed_steps[4]}
+    compared, _ = replay_probe_predictions(config, joined)
+    assert compared == 3  # steps 2-4: the resumed steps' probes were fitted on the first launch's rows, restored
+
+    # The checkpoint refuses, before Ray, another algorithm and another poise setting (the check preflight runs).
+    base = [*SMALL_DEFAULT_MICRO_BATCHES, *RUN, f"trainer.default_local_dir={checkpoint_dir}"]  # the command
+    assert check_resume(compose_config(*base), is_poise=True) == []
+    (problem,) = check_resume(compose_config(*base, "algo=dapo"), is_poise=False)
+    assert problem.startswith(f"{checkpoint_dir / f'global_step_{latest}'} was written by algo=poise (poise); "
+                              "this launch trains dapo"), problem
+    (problem,) = check_resume(compose_config(*base, "poise.probe.ridge.alpha=1"), is_poise=True)
+    assert "poise.probe.ridge.alpha: saved 100.0, this launch 1" in problem, problem
 
     # The evaluation command reads the checkpoint the trainer wrote: the actor's trained weights.
     from poise_verl.analysis.policy import load_policy

@@ -309,12 +309,12 @@ def test_a_checkpoint_resumes_only_under_the_algorithm_that_wrote_it(tmp_path):
             elif launched == "poise":  # refused as before: no probes or buffer to resume
                 assert "has no poise_state.pt" in problems[0], problems
             else:
-                assert problems == [
+                assert problems == [(
                     f"{folder} was written by algo={written_by} ({identity}); this launch trains {launched} "
                     f"(algo={launched}). Resuming would train {launched} on from another algorithm's weights, "
                     f"optimizer state and data position: resume it with algo={written_by}, or start fresh: a new "
                     "trainer.default_local_dir (or trainer.resume_mode=disable)"
-                ], problems
+                )], problems
     # The asynchronous modes train the same algorithms: a POISE checkpoint resumes under poise_async.
     (folder / "run_identity.json").write_text(json.dumps({"algorithm": "grpo", "algo_name": "grpo"}))
     assert check_resume(compose_config(base, "algo=grpo_async"), is_poise=False) == []

@@ -36,9 +36,8 @@ def _save_to_full_disk(folder, emptied_tracker=None):
 def test_a_full_disk_names_the_folder_and_the_checkpoint_the_same_command_resumes(tmp_path):
     (tmp_path / "global_step_2" / "actor").mkdir(parents=True)
     (tmp_path / TRACKER_FILE).write_text("2")
-    with pytest.raises(CheckpointWriteError) as stopped:
-        with guarded_save(str(tmp_path), 4):
-            _save_to_full_disk(tmp_path / "global_step_4", emptied_tracker=tmp_path / TRACKER_FILE)
+    with pytest.raises(CheckpointWriteError) as stopped, guarded_save(str(tmp_path), 4):
+        _save_to_full_disk(tmp_path / "global_step_4", emptied_tracker=tmp_path / TRACKER_FILE)
     message = str(stopped.value)
     assert message.startswith(
         f"writing the checkpoint {tmp_path / 'global_step_4'} (step 4) failed: the disk is full (or over its quota)"
@@ -52,10 +51,9 @@ def test_a_full_disk_names_the_folder_and_the_checkpoint_the_same_command_resume
 
 
 def test_a_first_checkpoint_that_fails_says_the_run_starts_over(tmp_path):
-    with pytest.raises(CheckpointWriteError, match="No earlier checkpoint of this run was written whole: the same "
-                       "command starts over"):
-        with guarded_save(str(tmp_path), 2):
-            _save_to_full_disk(tmp_path / "global_step_2", emptied_tracker=tmp_path / TRACKER_FILE)
+    starts_over = "No earlier checkpoint of this run was written whole: the same command starts over"
+    with pytest.raises(CheckpointWriteError, match=starts_over), guarded_save(str(tmp_path), 2):
+        _save_to_full_disk(tmp_path / "global_step_2", emptied_tracker=tmp_path / TRACKER_FILE)
     assert not (tmp_path / TRACKER_FILE).exists()
 
 

@@ -34,7 +34,7 @@ from verl.utils.debug import marked_timer
 
 from poise_verl.config import POISE_STATE_FILE, PoiseSettings, TrainerMode
 from poise_verl.core.buffer import storage_domain
-from poise_verl.core.cross_rollout import cross_baselines, sibling_targets
+from poise_verl.core.cross_rollout import cross_baselines, lone_rows, sibling_targets
 from poise_verl.core.diagnostics import baseline_diagnostics
 from poise_verl.core.entropy import entropy_feature_matrix, entropy_statistics
 from poise_verl.verl_ext.capture_engine import (
@@ -62,6 +62,9 @@ class StepRollouts:
         rewards: ``(B,)`` R_i, the summed verifiable reward (before any KL penalty).
         prompt, response: ``(B, H)`` pooled layer-L states; scalars: ``(B, S)`` entropy statistics.
         valid: ``(B,)`` bool, False on verl's padding rows (``is_padding``: no prompt, no reward, no group).
+        lone: ``(B,)`` bool, True on a real row whose prompt has no other rollout in the batch (verl keeps a group
+            whose other generations failed): no sibling to baseline it, so advantage 0, and no sibling reward to
+            train the probe on, so it stays out of the replay buffer. ``paired`` is every other real row.
         empty_responses: rollouts with no response token.
     """
 
@@ -72,7 +75,12 @@ class StepRollouts:
     response: torch.Tensor
     scalars: torch.Tensor
     valid: torch.Tensor
+    lone: torch.Tensor
     empty_responses: int
+
+    @property
+    def paired(self) -> torch.Tensor:
+        return self.valid & ~self.lone
 
 
 class PoiseSteps(PromptSelection):
@@ -96,6 +104,7 @@ class PoiseSteps(PromptSelection):
         self._init_selection()
         self._pending_refit = None  # (rows-held ref, refit-metrics ref) of the refit issued this step
         self._rloo_domains: set[str] = set()  # domains on RLOO after the bootstrap, announced in the log
+        self._lone_announced = False  # rollouts without a sibling (failed generations), announced once
         self.end_of_thinking_token_id: int | None = None
 
     # ---------------------------------------------------------------- set-up
@@ -143,19 +152,20 @@ class PoiseSteps(PromptSelection):
                 )
             )  # g_d(phi_i), from probes fitted on earlier steps only
         bootstrap = self.global_steps <= self.poise.bootstrap_steps
-        from_probe = fitted & rollouts.valid & (not bootstrap)
+        paired = rollouts.paired  # a lone rollout (its siblings failed to generate) gets advantage 0
+        from_probe = fitted & paired & (not bootstrap)
         if not bootstrap:
             self._announce_rloo_domains(rollouts, fitted)
-        step = StepPredictions(rollouts.uids, predictions, from_probe, rollouts.valid)
+        self._announce_lone_rollouts(rollouts)
+        step = StepPredictions(rollouts.uids, predictions, from_probe, paired)
         with step_predictions(step):
             batch = super()._compute_advantage(batch, metrics)
         metrics.update(self._poise_metrics(rollouts, predictions, fitted, from_probe))
         if self.poise.feature_dump_dir:
             self._dump_step(batch, rollouts, predictions, fitted, from_probe)
-        real = rollouts.valid
         metrics.update(
             self._selection_outcome_metrics(
-                rollouts.uids[real.numpy()], rollouts.rewards[real], rollouts.prompt[real]
+                rollouts.uids[paired.numpy()], rollouts.rewards[paired], rollouts.prompt[paired]
             )
         )
         # The advantages are fixed and written; only now may the probes learn from this batch's rewards.
@@ -192,6 +202,7 @@ class PoiseSteps(PromptSelection):
             response=padded[RESPONSE_FEATURES].to(torch.float32),
             scalars=entropy_feature_matrix(stats, self.poise.entropy_features),
             valid=valid,
+            lone=lone_rows(uids, valid),
             empty_responses=int(((response_mask.sum(-1) == 0) & valid).sum()),
         )
 
@@ -211,7 +222,8 @@ class PoiseSteps(PromptSelection):
             {
                 "uids": [str(uid) for uid in rollouts.uids],
                 "domains": list(rollouts.domains),
-                "valid": rollouts.valid,
+                "valid": rollouts.paired,
+                "lone": rollouts.lone,
                 "prompt_ids": list(data["prompts"].unbind()),
                 "response_ids": list(data["responses"].unbind()),
                 "rewards": rollouts.rewards,
@@ -251,15 +263,31 @@ class PoiseSteps(PromptSelection):
             )
         self._rloo_domains = unfitted
 
+    def _announce_lone_rollouts(self, rollouts: StepRollouts) -> None:
+        """The first time a rollout comes without a sibling, say so in the log (``poise/lone_rollouts`` counts them)."""
+        if self._lone_announced or not bool(rollouts.lone.any()):
+            return
+        self._lone_announced = True
+        first = rollouts.uids[int(rollouts.lone.nonzero()[0, 0])]
+        logger.warning(
+            "POISE step %d: %d rollout(s) came without a sibling (the other generations of their prompt failed or "
+            "returned nothing; first prompt uid=%r). They get advantage 0 (no policy gradient) and stay out of the "
+            "probe's replay buffer; poise/lone_rollouts counts them every step. Said once",
+            self.global_steps,
+            int(rollouts.lone.sum()),
+            first,
+        )
+
     def _poise_metrics(self, rollouts: StepRollouts, predictions, fitted, from_probe) -> dict[str, float]:
         valid = rollouts.valid
         metrics = {
             "poise/phase_probe": float(from_probe[valid].float().mean()) if bool(valid.any()) else 0.0,
             "poise/reward_mean": float(rollouts.rewards[valid].mean()) if bool(valid.any()) else 0.0,
             "poise/empty_responses": float(rollouts.empty_responses),
+            "poise/lone_rollouts": float(rollouts.lone.sum()),
         }
         # Predictions made before this step's refit, against the rewards then realised; per domain and overall.
-        scored = fitted & valid
+        scored = fitted & rollouts.paired
         domains = np.array(rollouts.domains, dtype=object)
         groups = [("", scored)] + [
             (f"/{d}", scored & torch.from_numpy(domains == d)) for d in sorted(set(domains[scored.numpy()]))
@@ -277,8 +305,8 @@ class PoiseSteps(PromptSelection):
 
     # ---------------------------------------------------------------- probe refit
     def _issue_refit(self, rollouts: StepRollouts) -> None:
-        """Push this batch's real rows (whole prompt groups) and refit the probes, in the background."""
-        rows = rollouts.valid
+        """Push this batch's paired rows (whole prompt groups) and refit the probes, in the background."""
+        rows = rollouts.paired
         uids = rollouts.uids[rows.numpy()]
         rows_held = self.replay_buffer_actor.add_batch.remote(
             rollouts.prompt[rows],
