@@ -1,4 +1,5 @@
-"""A generation that fails mid-run costs POISE its rollout, never the run (issue 33, item 1).
+"""A generation that fails mid-run costs POISE its rollout, never the run; a disk that fills up while a checkpoint is
+written stops the run with a message that says so, and loses nothing (issue 33, items 1 and 6).
 
 verl keeps a prompt group whose other agent-loop sessions failed with the rollouts that did finish: a request the
 server could not serve (the session raises; verl marks the group failed and, under the sync trainer, still trains
@@ -8,6 +9,11 @@ sibling gets advantage 0 and stays out of the replay buffer; ``poise/lone_rollou
 it once. The fault comes from an agent loop plugged in through verl's own agent-loop config
 (``flaky_agent_loop.py``): the second rollout of one prompt fails in every training step. Two launches: the sync
 trainer, whose steps each lose exactly one rollout, and the colocated asynchronous trainer.
+
+The sync launch also saves every step, and its last checkpoint meets a full disk: the actor's weights file of step 4
+is a link to ``/dev/full``, where every write fails with ENOSPC as on a full disk (torch reports it as "unexpected
+pos"). The run stops naming the folder, the disk and the checkpoint the same command resumes from, which is whole;
+the half-written step folder is gone.
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from e2e_runner import assert_finite, run_main
+from e2e_runner import assert_finite, composed_config, last_lines, run_main
 from flaky_agent_loop import overrides
 
+from poise_verl.preflight import check_resume
+from poise_verl.verl_ext.checkpoint_guard import TRACKER_FILE
 from poise_verl.verl_ext.feature_dump import load_step_dumps
 
 pytestmark = [pytest.mark.slow(launches=2), pytest.mark.timeout(1500)]
 
-COMMON = ["trainer.val_before_train=false", "trainer.test_freq=-1", "trainer.save_freq=-1"]
+COMMON = ["trainer.val_before_train=false", "trainer.test_freq=-1"]
 ANNOUNCED = "came without a sibling"
 KEYS = ["actor/pg_loss", "training/adv_std", "poise/lone_rollouts", "poise/buffer_rows"]
 
@@ -40,13 +48,31 @@ def _failures(log: str) -> dict[int, str]:
     return {int(step): how for step, how in re.findall(r"flaky agent loop: step (\d+) (raised|returned nothing)", log)}
 
 
-def test_the_sync_trainer_trains_on_when_a_rollout_of_a_prompt_fails(tmp_path):
-    dump = tmp_path / "dump"
-    run = run_main(["algo=poise", "trainer.total_training_steps=3", f"poise.feature_dump_dir={dump}", *COMMON,
-                    *overrides(tmp_path)], tmp_path, env=_env())
-    assert run.returncode == 0, run.log[-4000:]
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_the_sync_trainer_trains_on_when_a_rollout_fails_and_stops_cleanly_when_the_disk_is_full(tmp_path):
+    dump, checkpoints = tmp_path / "dump", tmp_path / "ckpt"
+    full = checkpoints / "global_step_4" / "actor" / "model_world_size_1_rank_0.pt"
+    full.parent.mkdir(parents=True)
+    full.symlink_to("/dev/full")
+    args = ["algo=poise", "trainer.total_training_steps=4", "trainer.save_freq=1", f"poise.feature_dump_dir={dump}",
+            *COMMON, *overrides(tmp_path)]
+    run = run_main(args, tmp_path, env=_env())
+    assert run.returncode == 1, run.log[-4000:]
+    assert last_lines(run.log, 1) == (
+        f"poise-verl: the run stopped: writing the checkpoint {checkpoints / 'global_step_4'} (step 4) failed: the "
+        "disk is full (or over its quota): a file could not be written whole; "
+        + re.search(r"whole; (\S+ \S+) free", run.log).group(1)
+        + f" free on its file system. Its half-written folder is removed, so nothing resumes from it. The same "
+        f"command resumes from {checkpoints / 'global_step_3'}, the last checkpoint written whole "
+        f"({checkpoints / TRACKER_FILE} names it). Free space on that disk before launching it again (a new "
+        "trainer.default_local_dir would start the run over)."
+    ), last_lines(run.log, 6)
+    assert not (checkpoints / "global_step_4").exists()
+    assert (checkpoints / TRACKER_FILE).read_text() == "3"
+    assert check_resume(composed_config(tmp_path), is_poise=True) == []  # the one a resume takes is whole
+
     failures = _failures(run.log)
-    assert failures == {1: "raised", 2: "returned nothing", 3: "raised"}, failures
+    assert {1: "raised", 2: "returned nothing", 3: "raised"}.items() <= failures.items(), failures
     assert "injected generation failure (step 1)" in run.log  # verl logged the session's error and carried on
     assert run.log.count(ANNOUNCED) == 1
     metrics = run.metrics()
@@ -59,7 +85,8 @@ def test_the_sync_trainer_trains_on_when_a_rollout_of_a_prompt_fails(tmp_path):
     assert metrics[3]["poise/phase_probe"] > 0.0  # past the bootstrap, the probe baselines the paired rows
 
     steps = load_step_dumps(dump)
-    for step, record in steps.items():
+    for step in (1, 2, 3):
+        record = steps[step]
         lone = record["lone"]
         assert int(lone.sum()) == 1, step
         row = int(lone.nonzero()[0, 0])
@@ -71,8 +98,8 @@ def test_the_sync_trainer_trains_on_when_a_rollout_of_a_prompt_fails(tmp_path):
 
 
 def test_the_asynchronous_trainer_trains_on_when_a_rollout_of_a_prompt_fails(tmp_path):
-    run = run_main(["algo=poise_async", "trainer.total_training_steps=3", *COMMON, *overrides(tmp_path)],
-                   tmp_path, env=_env())
+    run = run_main(["algo=poise_async", "trainer.total_training_steps=3", "trainer.save_freq=-1", *COMMON,
+                    *overrides(tmp_path)], tmp_path, env=_env())
     assert run.returncode == 0, run.log[-4000:]
     failures = _failures(run.log)
     assert {1: "raised", 2: "returned nothing"}.items() <= failures.items(), failures
