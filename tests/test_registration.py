@@ -63,12 +63,13 @@ def test_rewards_as_baselines_is_verls_rloo():
     torch.testing.assert_close(advantages, rloo, atol=1e-6, rtol=0)
 
 
-def test_lonely_rollout_is_an_error_naming_its_uid():
+def test_a_rollout_without_a_sibling_gets_no_gradient():
+    """A prompt whose other generations failed arrives with one rollout: no sibling baseline, advantage 0."""
     fn = get_adv_estimator_fn("poise")
     uids = np.array(["a", "b", "a"], dtype=object)
-    with pytest.raises(ValueError, match="uid='b'"):
-        fn(token_level_rewards=torch.ones(3, 2), response_mask=torch.ones(3, 2), index=uids,
-           reward_baselines=torch.zeros(3))
+    advantages, _ = fn(token_level_rewards=torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]),
+                       response_mask=torch.ones(3, 2), index=uids, reward_baselines=torch.tensor([0.2, 0.9, 0.6]))
+    torch.testing.assert_close(advantages, torch.tensor([[0.4, 0.4], [0.0, 0.0], [-0.2, -0.2]]))
 
 
 def test_missing_or_nan_baselines_are_errors():

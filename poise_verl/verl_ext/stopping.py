@@ -84,11 +84,20 @@ def _catch_sigint() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-class Terminated(BaseException):
-    """SIGTERM reached the driver; raised in its main thread, where Ctrl-C's KeyboardInterrupt would be."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the driver; raised in its main thread, where Ctrl-C's KeyboardInterrupt would be.
+
+    A KeyboardInterrupt because Ray's blocking ``ray.get`` turns only that into an interruption of its wait (its
+    signal check would swallow any other exception): the wait ends with a KeyboardInterrupt of Ray's own, and
+    :data:`_SIGTERM_RECEIVED` tells the two signals apart.
+    """
+
+
+_SIGTERM_RECEIVED = threading.Event()
 
 
 def _raise_terminated(signum, frame) -> None:
+    _SIGTERM_RECEIVED.set()
     raise Terminated()
 
 
@@ -133,7 +142,9 @@ def stop_cleanly(config):
     except BaseException as error:
         watcher.stopped.set()
         failure = str(error) if isinstance(error, _RecordedFailure) else watcher.failure
-        stopped_by = isinstance(error, KeyboardInterrupt | Terminated)
+        if isinstance(error, KeyboardInterrupt) and _SIGTERM_RECEIVED.is_set():
+            error = Terminated()
+        stopped_by = isinstance(error, KeyboardInterrupt)
         if failure is None and not stopped_by:
             with contextlib.suppress(Exception):
                 failure = recorded_failure()  # the trainer may have failed on it before the watcher looked
@@ -148,18 +159,18 @@ def stop_cleanly(config):
         if checkpoint_failure is not None:
             _print_last(f"poise-verl: the run stopped: {checkpoint_failure}.")
             raise SystemExit(1) from None
-        if isinstance(error, KeyboardInterrupt):
-            _print_last(
-                "poise-verl: interrupted (Ctrl-C); the run and its Ray processes are stopped"
-                f"{_resume_hint(config, interrupted=True)}."
-            )
-            raise SystemExit(130) from None
         if isinstance(error, Terminated):
             _print_last(
                 "poise-verl: terminated (SIGTERM); the run and its Ray processes are stopped"
                 f"{_resume_hint(config, interrupted=True)}."
             )
             raise SystemExit(128 + signal.SIGTERM) from None
+        if isinstance(error, KeyboardInterrupt):
+            _print_last(
+                "poise-verl: interrupted (Ctrl-C); the run and its Ray processes are stopped"
+                f"{_resume_hint(config, interrupted=True)}."
+            )
+            raise SystemExit(130) from None
         raise
     finally:
         watcher.stopped.set()
