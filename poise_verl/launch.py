@@ -181,6 +181,7 @@ def prepare(config: DictConfig) -> DictConfig:
 
 
 def run(config: DictConfig) -> None:
+    started = time.monotonic()
     config = prepare(config)
     from poise_verl.preflight import preflight
 
@@ -198,3 +199,16 @@ def run(config: DictConfig) -> None:
 
     with stop_cleanly(config):  # a failing reward function or Ctrl-C ends the run: Ray first, the message last
         run_ppo(config, task_runner_class=TaskRunnerV1)
+    print_summary(config, time.monotonic() - started)
+
+
+def print_summary(config: DictConfig, wall_clock_s: float) -> None:
+    """The run's last lines: what it learned, where its files are, how to evaluate or resume it."""
+    from poise_verl.run_summary import run_summary
+
+    try:
+        summary = run_summary(config, wall_clock_s)
+    except Exception as error:  # noqa: BLE001 - the run itself finished; say why there is no summary
+        summary = f"poise-verl: the run finished (no summary: {type(error).__name__}: {error})"
+    sys.stdout.flush()
+    print(summary, file=sys.stderr, flush=True)

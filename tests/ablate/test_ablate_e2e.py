@@ -26,6 +26,7 @@ import pytest
 from ablate_helpers import launch_config, mark_done, raw_metrics, write_launch
 from omegaconf import OmegaConf
 
+from poise_verl.ablate.metrics import load_metrics, validation_accuracy
 from poise_verl.ablate.plan import SEED_KEYS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -128,6 +129,16 @@ def test_driver_runs_skips_finished_runs_and_times_poise_to_dapos_accuracy(tiny_
     accuracies = {step: row[key] for step, row in metrics.items() if key in row}
     assert sorted(accuracies) == [0, 2]
     assert 0 < accuracies[0] < 1, "the trained tiny policy gets some validation prompts right, not all"
+    # The main job's last lines: what it learned (the mean over data sources), where its files are, what next.
+    accuracy = validation_accuracy(load_metrics(run)).dropna()
+    tail = "\n".join(line for line in log.splitlines() if line.strip())
+    best = int(accuracy.idxmax())
+    assert (
+        f"poise-verl: the run finished.\n  validation accuracy (mean over data sources): {accuracy[0]:.3f} at step 0, "
+        f"best {accuracy[best]:.3f} at step {best}, last {accuracy[2]:.3f} at step 2\n  wall-clock: "
+    ) in tail, tail[-3000:]
+    assert f"  checkpoint: {run / 'global_step_2'}\n  evaluate: python -m poise_verl.eval {run / 'global_step_2'}" in tail
+    assert tail.splitlines()[-1].startswith("  resume: ") and "trainer.total_training_steps=<more steps>" in tail
 
     summary = json.loads((output / "report" / "summary.json").read_text())
     (seed_0,) = summary["algorithms"]["poise_select"]["runs"]

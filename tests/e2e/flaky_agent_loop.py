@@ -10,6 +10,10 @@ project's. Each failure is printed, so that a test can count them from the run's
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
 FAILED_LINE = "flaky agent loop: step {step} {how} uid={uid}"
@@ -40,3 +44,14 @@ def overrides(folder) -> list[str]:
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={listing}",
         "actor_rollout_ref.rollout.agent.default_agent_loop=flaky_single_turn",
     ]
+
+
+def flaky_env() -> dict[str, str]:
+    """Ray's workers import the agent loop from this folder (a local Ray cluster inherits the driver's env)."""
+    here = str(Path(__file__).resolve().parent)
+    return {"PYTHONPATH": os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)}
+
+
+def failures(log: str) -> dict[int, str]:
+    """``{step: "raised" | "returned nothing"}``: the failures a launch's log reports."""
+    return {int(step): how for step, how in re.findall(r"flaky agent loop: step (\d+) (raised|returned nothing)", log)}
