@@ -203,8 +203,14 @@ def run(config: DictConfig) -> None:
 
 
 def print_summary(config: DictConfig, wall_clock_s: float) -> None:
-    """The run's last lines: what it learned, where its files are, how to evaluate or resume it."""
+    """The run's last lines: what it learned, where its files are, how to evaluate or resume it. Ray goes first, so
+    that no worker's log line lands after them."""
+    import ray
+
     from poise_verl.run_summary import run_summary
+
+    if ray.is_initialized():
+        ray.shutdown()
 
     try:
         summary = run_summary(config, wall_clock_s)
