@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,8 +79,24 @@ def run_main(
     Ray starts its own cluster in a short temp dir, unless ARGS join a running one (ray_init.address); the same
     dir is the launch's TMPDIR, and goes when the launch ends. ``sigint_ignored``: start it as a shell without
     job control starts a background command, with SIGINT ignored (Python then installs no handler for it unless
-    the entry point does). ``env``: more environment variables.
+    the entry point does). ``env``: more environment variables. A launch that lost a port to the launch running
+    beside it (:func:`_lost_a_port_race`, a race in verl, not in the run) is launched once more.
     """
+    for attempt in range(2):
+        run = _run_main_once(args, workdir, timeout, small, sigint_ignored, env)
+        if not _lost_a_port_race(run) or attempt:
+            return run
+        print(f"run_main: a port verl had picked was taken before it bound it; launching again ({workdir})")
+    return run
+
+
+def _lost_a_port_race(run: Run) -> bool:
+    """verl picks a free port for a worker group's rendezvous and binds it later; a launch running beside it (the
+    suite runs two) can take it meanwhile. The launch then fails at start-up with EADDRINUSE, before any step."""
+    return run.returncode != 0 and "EADDRINUSE" in run.log and not re.search(r"(?<![\w/])step:1 - ", run.log)
+
+
+def _run_main_once(args, workdir, timeout, small, sigint_ignored, env) -> Run:
     ray_dir = tempfile.mkdtemp(prefix="ray")  # under TMPDIR, short: Ray's socket paths
     checkpoint_dir = workdir / "ckpt"
     command = [
