@@ -16,12 +16,11 @@ import ast
 import functools
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from poise_verl.verl_ext.checkpoint_guard import TRACKER_FILE  # verl's checkpoint tracker, written last
+from poise_verl.verl_ext.checkpoint_guard import TRACKER_FILE, step_folders  # verl's tracker, written last
 
 # Columns verl's RLHFDataset and reward managers read from every row (besides the prompt column).
 DATA_SOURCE = "data_source"
@@ -539,11 +538,7 @@ def _unreadable_archives(folder: Path) -> list[Path]:
 
 def _unreadable_checkpoint(folder: Path, broken: list[Path], key: str, is_poise: bool) -> str:
     step = int(folder.name.rsplit("_", 1)[-1])
-    earlier = sorted(
-        (p for p in _step_folders(folder.parent) if int(p.name.rsplit("_", 1)[-1]) < step),
-        key=lambda p: int(p.name.rsplit("_", 1)[-1]),
-        reverse=True,
-    )
+    earlier = [path for number, path in reversed(step_folders(folder.parent)) if number < step]
     whole = next((p for p in earlier if not _check_step_folder(p, key, is_poise)), None)
     names = ", ".join(str(path.relative_to(folder)) for path in broken)
     message = (
@@ -561,17 +556,10 @@ def _unreadable_checkpoint(folder: Path, broken: list[Path], key: str, is_poise:
 
 
 def _available(parent: Path) -> str:
-    steps = sorted(_step_folders(parent), key=lambda p: int(p.name.rsplit("_", 1)[-1]))
+    steps = step_folders(parent)
     if not steps:
         return f" (no global_step_N folders in {parent})"
-    return f"; {parent} holds {', '.join(p.name for p in steps[-5:])}"
-
-
-def _step_folders(parent: Path) -> Iterator[Path]:
-    if parent.is_dir():
-        for child in parent.iterdir():
-            if child.is_dir() and child.name.startswith("global_step_") and child.name[12:].isdigit():
-                yield child
+    return f"; {parent} holds {', '.join(path.name for _, path in steps[-5:])}"
 
 
 # -------------------------------------------------------------------------------------------------- reward

@@ -103,15 +103,11 @@ def _run_folder_hint(path: Path) -> str | None:
 
     The suggestion is the step verl's tracker file names (the last checkpoint written whole), else the highest.
     """
-    steps = sorted(
-        (int(child.name[len("global_step_"):]), child)
-        for child in path.iterdir()
-        if child.is_dir() and child.name.startswith("global_step_") and child.name[len("global_step_"):].isdigit()
-    )
+    from poise_verl.verl_ext.checkpoint_guard import TRACKER_FILE, step_folders
+
+    steps = step_folders(path)
     if not steps:
         return None
-    from poise_verl.verl_ext.checkpoint_guard import TRACKER_FILE
-
     tracker = path / TRACKER_FILE
     named = tracker.read_text().strip() if tracker.is_file() else ""
     by_step = dict(steps)

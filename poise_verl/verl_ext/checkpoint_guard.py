@@ -17,8 +17,10 @@ import errno
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"  # verl's checkpoint tracker, written last
+STEP_PREFIX = "global_step_"  # verl's checkpoint folders: <trainer.default_local_dir>/global_step_<N>
 
 # What the failed write of a file says, in the words of the OS or of torch's zip writer (whose "unexpected pos"
 # is how a full disk shows through ``torch.save``), also when Ray carries it from a worker as text.
@@ -31,6 +33,18 @@ _WRITE_FAILURE_WORDS = (
     "File too large",
 )
 _DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "unexpected pos")
+
+
+def step_folders(run_folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``[(N, <run_folder>/global_step_N), ...]`` in step order: the checkpoint folders verl wrote there."""
+    parent = Path(run_folder)
+    if not parent.is_dir():
+        return []
+    return sorted(
+        (int(child.name[len(STEP_PREFIX):]), child)
+        for child in parent.iterdir()
+        if child.is_dir() and child.name.startswith(STEP_PREFIX) and child.name[len(STEP_PREFIX):].isdigit()
+    )
 
 
 class CheckpointWriteError(RuntimeError):
