@@ -28,7 +28,8 @@ class StepPredictions:
         predictions: ``(bs,)`` g(phi_i) from a probe fitted on earlier steps only.
         from_probe: ``(bs,)`` bool; False where the row's baseline input is its reward instead (RLOO:
             bootstrap steps, or a domain whose probe is not fitted yet).
-        valid: ``(bs,)`` bool; False on verl's padding rows (advantage 0, in no group).
+        valid: ``(bs,)`` bool; False on verl's padding rows and on a rollout whose siblings never arrived
+            (advantage 0, in no group).
     """
 
     uids: np.ndarray
