@@ -171,7 +171,7 @@ def run_entry_point(algo: str, steps: int, workdir: Path, overrides: list[str], 
     # the metrics it computes and logs after each step).
     between = [seen[s] - seen[s - 1] for s in steady if s in seen and s - 1 in seen]
     result = {
-        "command": "python " + " ".join(command[1:]),
+        "command": "python " + " ".join(command[1:]).replace(ray_dir, "<ray_temp_dir>"),
         "step_s": step_times,
         "median_step_s": statistics.median(step_times[s] for s in steady),
         "median_wall_per_step_s": statistics.median(between) if between else float("nan"),
@@ -289,6 +289,19 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def portable(value, replacements: dict[str, str]):
+    """VALUE (nested dicts, lists and strings) with every key of REPLACEMENTS in its strings replaced."""
+    if isinstance(value, str):
+        for old, new in replacements.items():
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, dict):
+        return {key: portable(item, replacements) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item, replacements) for item in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides: list[str] = []
@@ -368,6 +381,10 @@ def main(argv: list[str] | None = None) -> dict:
             results["ratios"][f"{algo}: choosing / step"] = results["runs"][algo]["select_share_of_step"]
     results["summary_md"] = report(results)
     if args.out:
+        # A committed report must not carry this machine's folders: the launches' temporary folder and the
+        # output's own folder become placeholders.
+        results = portable(results, {workdir: "<workdir>", str(Path(args.out).resolve().parent) + "/": ""})
+        results["command"] = results["command"].replace(args.out, Path(args.out).name)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(results["summary_md"], flush=True)

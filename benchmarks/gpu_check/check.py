@@ -62,7 +62,7 @@ def run(settings: Settings, out: Path, quick: bool = False, skip_probe: bool = F
 
     with report.phase("summary") as record:
         phase_summary(report, settings)
-        record["written_to"] = str(report.path)
+        record["written_to"] = report.path.name  # the file name only: a committed report names no machine folder
     failed = sorted(report.data["errors"])
     report.data["status"] = "done" if not failed else "done_with_errors"
     report.save()

@@ -108,3 +108,14 @@ def test_the_faster_thread_count_is_the_yardstick_and_ratios_are_reported():
     }
     text = report(results)
     assert "GRPO / plain: **2.00x**" in text and "| grpo | 0.90 s | - | 30.0 s | 60.0 s |" in text
+
+
+def test_a_written_report_names_no_machine_folder():
+    from benchmarks.cpu_step import portable
+
+    run = {"command": "python -m poise_verl.main trainer.default_local_dir=/tmp/cpu_step-abc/ckpt-poise",
+           "steps": [1, 2], "log": ["/tmp/cpu_step-abc/poise.log"]}
+    assert portable(run, {"/tmp/cpu_step-abc": "<workdir>"}) == {
+        "command": "python -m poise_verl.main trainer.default_local_dir=<workdir>/ckpt-poise",
+        "steps": [1, 2], "log": ["<workdir>/poise.log"],
+    }
