@@ -8,8 +8,9 @@ states of one decoder layer (``(N, Hp)`` and ``(N, Hr)``, H = 2560 on Qwen3-4B) 
 1. PCA of the RAW pooled prompt states to 32 dims and of the raw pooled response states to 64 dims
    (centred, not scaled: directions of large activation variance dominate, as in scikit-learn's ``PCA``);
 2. concatenate ``[prompt scores, response scores, scalars]`` -> ``(N, 32 + 64 + S)``;
-3. ONE standardisation of those columns (scikit-learn's ``StandardScaler``: mean and population std over
-   the fit rows; a constant column gets scale 1, so it maps to 0).
+3. ONE standardisation of those columns (as scikit-learn's ``StandardScaler``: mean and population std over
+   the fit rows; a constant column gets scale 1, so it maps to 0; "constant" is not scikit-learn's test:
+   see below).
 
 ``FeatureTransform.fit_transform`` learns all three on the fit rows only; ``transform`` applies them.
 
@@ -18,10 +19,26 @@ order: standardise every pooled hidden dimension, then PCA, leaving the PCA scor
 the low-variance components most) and standardising only the scalars. It is kept because on the tiny task it
 predicted held-out pass rates better (``docs/RESULTS.md``); the official order stays the default.
 
-PCA details. A block keeps ``min(requested, rows - 1, features)`` components: centred data of N rows has
-rank at most N - 1, and a further component would be an arbitrary null-space direction (scikit-learn
-keeps min(requested, rows, features); its extra component has zero variance, which step 3 maps to 0, so
-the fitted probe is the same). PCA runs in float64: an eigendecomposition of the ``(F, F)`` Gram matrix
+PCA details. A block keeps ``min(requested, rows - 1, features)`` components: centred data of N rows has rank
+at most N - 1, and a further component would be an arbitrary direction orthogonal to every fit row.
+
+Where the fitted probe differs from the official one: buffers of 64 rows or fewer. The official code keeps
+min(requested, rows, features) components, so the response block (64 requested) keeps one such null axis when
+N <= 64, and the prompt block (32) one more when N <= 32: 32 + N + 3 columns against this probe's 32 + (N - 1)
++ 3 for 33 <= N <= 64, N + N + 3 against 2(N - 1) + 3 for N <= 32 (the 3 entropy columns are never null). A
+null axis's scores on the fit rows are rounding noise (std ~1e-5 from the official float32 inputs, ~1e-14 in
+float64), and scikit-learn's ``StandardScaler`` counts a column as constant only when its variance is below
+(N x eps x its mean) squared, so a centred column only at exactly 0: it divides by that noise. A held-out
+rollout projects onto the axis with ordinary size, the ridge output leaves [0, 1] by orders of magnitude, and
+the clipped prediction is exactly 0 or 1: 64 of 64 held-out predictions on 32 or 64 rows of layer-like
+features (``tests/core/test_probe.py::test_official_probe_saturates_on_a_buffer_of_64_rows_or_fewer_and_this_one_does_not``).
+This probe keeps no null axis, and its step 3 would zero one anyway (constant: std <= 1e-12 x max(|mean|, 1)).
+From 65 rows both keep 32 + 64 components and agree: to 1e-5 with exact PCA on both sides, and to the
+randomised solver's error (up to ~0.1 at 256 rows of 2560 features) against the official randomised PCA
+(``test_ridge_probe_equals_the_official_scikit_learn_pipeline``, ``test_official_probe_agrees_with_this_one_above_64_rows``).
+A domain's probe is first fitted at ``poise.min_fit_rows`` rows (64 by default).
+
+PCA runs in float64: an eigendecomposition of the ``(F, F)`` Gram matrix
 when N >= F, an SVD of the data otherwise, and randomised subspace iteration (seeded) for large blocks
 with few components, the regime where the official code's ``svd_solver="randomized"`` matters for speed.
 Each component's sign is fixed so that its largest-magnitude loading is positive, which makes a refit on
@@ -96,7 +113,8 @@ def pca_components(centred: torch.Tensor, requested: int, seed: int) -> torch.Te
 
 
 def _scale(std: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """scikit-learn's rule: a (numerically) constant column gets scale 1, so it standardises to 0."""
+    """A (numerically) constant column, std <= 1e-12 x max(|mean|, 1), gets scale 1, so it standardises to 0.
+    Looser than scikit-learn's test, which catches a centred column only at exactly 0 (module docstring)."""
     constant = std <= 1e-12 * torch.clamp(mean.abs(), min=1.0)
     return torch.where(constant, torch.ones_like(std), std)
 

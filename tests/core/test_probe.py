@@ -117,10 +117,12 @@ def test_pca_ridge_matches_numpy(seed, rows, alpha):
 
 
 @pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("rows", [60, 300])
+@pytest.mark.parametrize("rows", [100, 300])
 def test_ridge_probe_equals_the_official_scikit_learn_pipeline(seed, rows):
     """The official fit_estimator: PCA of the raw states -> concatenate -> StandardScaler -> Ridge, clipped to
-    [0, 1]. scikit-learn's exact PCA stands in for its randomised solver (the same axes at these sizes)."""
+    [0, 1], keeping min(requested, rows, features) components as the official code does. Above 64 rows that is
+    this probe's count too (at 64 or fewer it is not: test_official_probe_saturates_on_a_buffer_of_64_rows_...).
+    scikit-learn's exact PCA stands in for its randomised solver (the same axes at these sizes)."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import Ridge
     from sklearn.preprocessing import StandardScaler
@@ -128,10 +130,8 @@ def test_ridge_probe_equals_the_official_scikit_learn_pipeline(seed, rows):
     prompt, response, scalar, targets, _ = synthetic(seed, rows=rows)
     probe = ridge()
     probe.fit(prompt, response, scalar, targets)
-    pca_p = PCA(n_components=min(32, rows - 1, prompt.shape[1]), svd_solver="full").fit(
-        prompt.double().numpy()
-    )
-    pca_r = PCA(n_components=min(64, rows - 1, response.shape[1]), svd_solver="full").fit(
+    pca_p = PCA(n_components=min(32, rows, prompt.shape[1]), svd_solver="full").fit(prompt.double().numpy())
+    pca_r = PCA(n_components=min(64, rows, response.shape[1]), svd_solver="full").fit(
         response.double().numpy()
     )
 
@@ -155,6 +155,98 @@ def test_ridge_probe_equals_the_official_scikit_learn_pipeline(seed, rows):
     np.testing.assert_allclose(ours, official, atol=1e-5)
 
 
+def layer_states(seed, rows, width=2560, rank=32):
+    """Pooled prompt and response states ``(rows, width)`` float32 shaped like a decoder layer's (Qwen3-4B:
+    width 2560): an offset every rollout shares with two massive-activation dimensions, a power-law spectrum of
+    ``rank`` directions, an isotropic floor; the 3 entropy means; 0/1 rewards whose success rate follows two of
+    the directions. The layer (offset, directions) is the same for every seed; ``seed`` draws the rollouts."""
+    layer = np.random.default_rng(7)
+    offset = layer.normal(0.0, 0.5, (2, width))
+    offset[:, [4, width // 3]] += [80.0, -40.0]
+    loadings = layer.normal(0.0, 1.0, (2, rank, width)) * (3.0 * np.arange(1, rank + 1) ** -0.8)[:, None]
+    draw = np.random.default_rng(seed)
+    latent = draw.standard_normal((rows, rank))
+    prompt, response = (
+        offset[b] + latent @ loadings[b] + draw.standard_normal((rows, width)) for b in (0, 1)
+    )
+    scalars = draw.normal([0.6, 0.7, 0.3], [0.15, 0.2, 0.1], (rows, 3))
+    success = 0.25 + 0.5 / (1.0 + np.exp(latent[:, 1] - latent[:, 0]))
+    targets = draw.random(rows) < success
+    return [a.astype(np.float32) for a in (prompt, response, scalars, targets)]
+
+
+def official_fit_estimator(prompt, response, scalars, targets):
+    """The official ridge probe built from scikit-learn as ``fit_estimator`` configures it (holi-lab/POISE
+    ``src/poise/estimator.py``; the same settings in verl-recipe ``poise/probe.py``): float32 inputs, randomised
+    PCA with ``random_state=42`` keeping min(requested, rows, features) components (32 prompt, 64 response),
+    then StandardScaler -> Ridge(alpha=100); predictions clipped to [0, 1]. Returns the predict function."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    def pca(block, requested):
+        count = min(requested, *block.shape)
+        return PCA(n_components=count, svd_solver="randomized", random_state=42).fit(block)
+
+    pca_prompt, pca_response = pca(prompt, 32), pca(response, 64)
+
+    def features(p, r, s):
+        return np.concatenate([pca_prompt.transform(p), pca_response.transform(r), s], 1).astype(np.float32)
+
+    scaler = StandardScaler().fit(features(prompt, response, scalars))
+    model = Ridge(alpha=100.0, random_state=42).fit(
+        scaler.transform(features(prompt, response, scalars)), targets
+    )
+    return lambda p, r, s: np.clip(model.predict(scaler.transform(features(p, r, s))), 0.0, 1.0)
+
+
+def held_out_predictions(rows, seed):
+    """Fit the official pipeline and this probe on ``rows`` rollouts; both predict 64 other rollouts."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # small BLAS calls: threads only wait on each other (tests/core/conftest.py)
+        train, held_out = layer_states(seed, rows), layer_states(seed + 100, 64)
+        official = official_fit_estimator(*train)(*held_out[:3])
+    probe = ridge()
+    metrics = probe.fit(*(torch.from_numpy(a) for a in train))
+    ours = probe.predict(*(torch.from_numpy(a) for a in held_out[:3])).double().numpy()
+    return official, ours, metrics
+
+
+def saturated(predictions):
+    """How many predictions sit exactly on the clip bounds."""
+    return int(((predictions == 0.0) | (predictions == 1.0)).sum())
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("rows", [32, 64])
+def test_official_probe_saturates_on_a_buffer_of_64_rows_or_fewer_and_this_one_does_not(seed, rows):
+    """With rows <= 64 the official PCA keeps min(64, rows) = rows response components (and rows prompt
+    components when rows <= 32), one more than centred data of that many rows has directions: the last is a
+    near-null axis whose training scores are rounding noise (population std ~1e-5). StandardScaler divides by
+    that std, held-out rollouts project onto the axis with ordinary size, and the ridge output leaves [0, 1] by
+    orders of magnitude: (nearly) every held-out prediction is clipped to exactly 0 or 1. This probe keeps
+    rows - 1 components (32 and 63 at 64 rows) and predicts inside the range."""
+    official, ours, metrics = held_out_predictions(rows, seed)
+    assert saturated(official) >= 60, official
+    assert saturated(ours) <= 6, ours
+    assert (metrics["prompt_components"], metrics["response_components"]) == (min(32, rows - 1), rows - 1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("rows", [65, 256])
+def test_official_probe_agrees_with_this_one_above_64_rows(seed, rows):
+    """From 65 rows the two keep the same components (32 and 64). This probe's PCA is exact at 65 rows and
+    randomised at 256 (above 500 features, few components), the official one randomised at both, so they agree
+    to the randomised solver's error: up to ~0.1 at 256 rows, about as far as scikit-learn's randomised pipeline
+    is from its own exact one on these features."""
+    official, ours, metrics = held_out_predictions(rows, seed)
+    assert (metrics["prompt_components"], metrics["response_components"]) == (32, 64)
+    assert abs(saturated(official) - saturated(ours)) <= 1
+    assert np.abs(official - ours).max() < (0.05 if rows == 65 else 0.15)
+    assert np.corrcoef(official, ours)[0, 1] > 0.95
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_standardise_first_order_equals_its_scikit_learn_pipeline(seed):
     """poise.probe.feature_order=standardise_first: StandardScaler -> PCA per hidden-state block (scores left
@@ -168,10 +260,13 @@ def test_the_standardise_first_order_equals_its_scikit_learn_pipeline(seed):
     probe = ridge(feature_order="standardise_first")
     probe.fit(prompt, response, scalar, targets)
     blocks = [
-        (StandardScaler().fit(b.double().numpy()), b, k) for b, k in ((prompt, 32), (response, 64), (scalar, 0))
+        (StandardScaler().fit(b.double().numpy()), b, k)
+        for b, k in ((prompt, 32), (response, 64), (scalar, 0))
     ]
-    pcas = [PCA(n_components=k, svd_solver="full").fit(sc.transform(b.double().numpy())) if k else None
-            for sc, b, k in blocks]
+    pcas = [
+        PCA(n_components=k, svd_solver="full").fit(sc.transform(b.double().numpy())) if k else None
+        for sc, b, k in blocks
+    ]
 
     def features(*parts):
         out = []
