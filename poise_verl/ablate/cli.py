@@ -131,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # A Ray temp dir of the user's own wins (Hydra refuses to append a key twice).
     use_ray_temp_dir = not args.no_ray_temp_dir and not any("ray_init._temp_dir" in o for o in extra)
+    from poise_verl.verl_ext.stopping import Terminated, catch_stop_signals
+
+    catch_stop_signals()  # a cluster's SIGTERM, like Ctrl-C, stops the run in progress and removes its temp folder
     try:
         failed = [] if args.report_only else run_all(runs, use_ray_temp_dir=use_ray_temp_dir)
-    except KeyboardInterrupt:
-        log("interrupted: the run in progress was stopped; rerun the same command to resume it")
-        return 130
+    except KeyboardInterrupt as stop:
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted (Ctrl-C)"
+        log(f"{how}: the run in progress was stopped; rerun the same command to resume it")
+        return 143 if isinstance(stop, Terminated) else 130
     results = collect(runs, args.metric)
     if not results:
         log("no run has logged metrics yet: no report")

@@ -121,12 +121,18 @@ def _reinstall_sigterm() -> None:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+def catch_stop_signals() -> None:
+    """Ctrl-C (also when the parent left SIGINT ignored) and SIGTERM raise KeyboardInterrupt in the main thread;
+    SIGTERM's is a :class:`Terminated`. For the drivers that run the main job as a child (the ablation)."""
+    _catch_sigint()
+    _catch_sigterm()
+
+
 @contextlib.contextmanager
 def stop_cleanly(config):
     """Around verl's ``run_ppo``: a recorded failure, a failed checkpoint write, Ctrl-C or SIGTERM ends the run,
     Ray first, the message last."""
-    _catch_sigint()
-    _catch_sigterm()
+    catch_stop_signals()
     watcher = _Watcher()
     watcher.start()
     try:
