@@ -249,6 +249,7 @@ class PoiseSettings:
     probe_layer: int
     pool_last_k: int
     entropy_features: tuple[str, ...]
+    entropy_split: str
     end_of_thinking_token: str | None
     response_pool_until_end_of_thinking: bool
     bootstrap_steps: int
@@ -280,12 +281,19 @@ class PoiseSettings:
             raise ValueError(f"poise.pool_last_k must be >= 1, got {self.pool_last_k}")
         if self.bootstrap_steps < 0:
             raise ValueError(f"poise.bootstrap_steps must be >= 0, got {self.bootstrap_steps}")
-        from poise_verl.core.entropy import ENTROPY_FEATURE_NAMES
+        from poise_verl.core.entropy import ENTROPY_FEATURE_NAMES, ENTROPY_SPLITS
 
         unknown = [name for name in self.entropy_features if name not in ENTROPY_FEATURE_NAMES]
         if unknown:
             raise ValueError(
                 f"poise.entropy_features: unknown statistic(s) {unknown}; choose from {list(ENTROPY_FEATURE_NAMES)}"
+            )
+        if self.entropy_split not in ENTROPY_SPLITS:
+            raise ValueError(f"poise.entropy_split={self.entropy_split!r}: choose one of {list(ENTROPY_SPLITS)}")
+        if self.end_of_thinking_token == "":
+            raise ValueError(
+                "poise.end_of_thinking_token is empty: set it to the text the model writes to close its reasoning "
+                "(Qwen3, DeepSeek-R1: '</think>'), or null to use the whole response as the answer part"
             )
         if self.min_fit_rows < 2:
             raise ValueError(f"poise.min_fit_rows must be >= 2, got {self.min_fit_rows}")

@@ -304,14 +304,13 @@ def _check_tokenizer(config: DictConfig, folder: str, shown: str, is_poise: bool
             f"the tokenizer at {shown} has no chat template, and verl formats every prompt with it: use a "
             "chat/instruct model or add a chat_template to its tokenizer_config.json"
         )
-    token = config.poise.get("end_of_thinking_token") if is_poise else None
-    if token is not None:
-        token_id = tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == tokenizer.unk_token_id:
-            problems.append(
-                f"poise.end_of_thinking_token={token!r} is not a single token of the tokenizer at {shown}: set it "
-                "to the model's end-of-thinking token, or null to use the whole response as the answer part"
-            )
+    if is_poise:
+        from poise_verl.reasoning_split import end_of_thinking_ids
+
+        try:  # what the trainer reads: the marker may be several tokens, but never none or unknown ones
+            end_of_thinking_ids(tokenizer, config.poise.get("end_of_thinking_token"))
+        except ValueError as error:
+            problems.append(f"{error} (the tokenizer at {shown})")
     return problems
 
 

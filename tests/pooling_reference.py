@@ -12,29 +12,36 @@ Importable as ``pooling_reference`` from tests in a package folder (pytest puts 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from poise_verl.core.pooling import DEFAULT_POOL_TOKENS, PooledFeatures, PooledPositions, pool_at_positions
 
 
-def response_cut_at_last_token(
-    response_ids: torch.Tensor, response_mask: torch.Tensor, token_id: int | None
+def response_cut_at_last_marker(
+    response_ids: torch.Tensor, response_mask: torch.Tensor, marker: int | Sequence[int] | None
 ) -> torch.Tensor:
-    """``(B,)`` response tokens up to and including the last ``token_id`` (all real tokens when absent).
+    """``(B,)`` response tokens up to and including the last end-of-thinking marker (all real tokens when absent).
 
     Args:
         response_ids: ``(B, T)`` response token ids, right-padded.
         response_mask: ``(B, T)``, 1 on real response tokens (a prefix of each row).
-        token_id: the end-of-thinking token, or None for no cut.
+        marker: the marker's ids (one id, or several in a row), or None for no cut.
     """
     real = response_mask.to(torch.bool)
     lengths = real.sum(1).to(torch.int64)
-    if token_id is None or response_ids.shape[1] == 0:
+    pattern = [marker] if isinstance(marker, int) else list(marker or [])
+    width, m = response_ids.shape[1], len(pattern)
+    if not pattern or width < m:
         return lengths
-    positions = torch.arange(response_ids.shape[1], device=response_ids.device).expand_as(response_ids)
-    hits = torch.where(real & (response_ids == token_id), positions, torch.full_like(positions, -1))
-    last = hits.max(1).values  # (B,) -1 when the token is absent
-    return torch.where(last >= 0, last + 1, lengths)
+    # Window s covers tokens s .. s + m - 1: it is the marker when every token is real and equal to it.
+    windows = response_ids.unfold(1, m, 1)  # (B, T - m + 1, m)
+    real_windows = real.unfold(1, m, 1).all(-1)
+    found = real_windows & (windows == torch.tensor(pattern, dtype=response_ids.dtype)).all(-1)
+    starts = torch.arange(width - m + 1, device=response_ids.device).expand_as(found)
+    last = torch.where(found, starts + m, torch.zeros_like(starts)).max(1).values  # (B,) 0 when absent
+    return torch.where(last > 0, last, lengths)
 
 
 def _last_real_positions(mask: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -159,13 +159,13 @@ def verl_batch(micro_batches: list[MicroBatch], settings: Settings):
 
 
 def capture_flags(settings: Settings, cut_token: int | None) -> dict:
-    """What the POISE trainer sets on the old-log-prob batch (``cut_token``: the end-of-thinking token)."""
+    """What the POISE trainer sets on the old-log-prob batch (``cut_token``: the one-token end-of-thinking marker)."""
     from poise_verl.verl_ext import capture_engine as ce
 
     return {
         ce.CAPTURE_LAYER_KEY: settings.capture_layer,
         ce.POOL_K_KEY: settings.pool_tokens,
-        ce.THINK_TOKEN_KEY: -1 if cut_token is None else cut_token,
+        ce.RESPONSE_CUT_MARKER_KEY: () if cut_token is None else (cut_token,),
     }
 
 

@@ -22,7 +22,7 @@ import torch
 
 from poise_verl.core.capture import PackedPoolingHook, decoder_layers
 from poise_verl.core.entropy import DEFAULT_ENTROPY_FEATURES, entropy_feature_matrix, entropy_statistics
-from poise_verl.core.pooling import DEFAULT_POOL_TOKENS, response_cut_at_last_token_packed
+from poise_verl.core.pooling import DEFAULT_POOL_TOKENS, response_cut_at_last_marker_packed
 
 
 @dataclass
@@ -119,7 +119,7 @@ def extract_features(
     responses: Sequence[list[int]],
     layers: Sequence[int],
     k: int = DEFAULT_POOL_TOKENS,
-    end_of_thinking_token_id: int | None = None,
+    end_of_thinking_token_id: int | Sequence[int] | None = None,
     cut_response_at_end_of_thinking: bool = True,
     temperature: float = 1.0,
     token_budget: int = 8192,
@@ -131,8 +131,9 @@ def extract_features(
     Args:
         layers: 0-based decoder layers to pool (all of them hooked in the same forward).
         k: pooled tokens per part (official: 10).
-        end_of_thinking_token_id: splits the entropy statistics into reasoning/answer parts and, with
-            ``cut_response_at_end_of_thinking``, ends the response pool at the last such token.
+        end_of_thinking_token_id: the end-of-thinking marker's id (or ids, for a marker of several tokens): splits
+            the entropy statistics into reasoning/answer parts and, with ``cut_response_at_end_of_thinking``,
+            ends the response pool at the marker's last occurrence.
         temperature: the rollout temperature (entropies are of the sampling distribution).
         token_budget: tokens per packed forward.
     """
@@ -156,7 +157,7 @@ def extract_features(
         input_ids, position_ids, cu_seqlens, response_lengths = _packed(
             batch_prompts, batch_responses, device
         )
-        pool_lengths = response_cut_at_last_token_packed(
+        pool_lengths = response_cut_at_last_marker_packed(
             input_ids.cpu(), cu_seqlens, response_lengths, cut_id
         )
         hooks = {layer: PackedPoolingHook(cu_seqlens, response_lengths, k, pool_lengths) for layer in layers}

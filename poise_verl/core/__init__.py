@@ -25,9 +25,12 @@ from poise_verl.core.domain_probes import DomainProbes
 from poise_verl.core.entropy import (
     DEFAULT_ENTROPY_FEATURES,
     ENTROPY_FEATURE_NAMES,
+    ENTROPY_SPLITS,
+    end_of_thinking_parts,
     entropy_feature_matrix,
     entropy_statistics,
 )
+from poise_verl.core.marker import marker_ends
 from poise_verl.core.pooling import (
     DEFAULT_POOL_TOKENS,
     PooledFeatures,
@@ -51,6 +54,7 @@ __all__ = [
     "DEFAULT_ENTROPY_FEATURES",
     "DEFAULT_POOL_TOKENS",
     "ENTROPY_FEATURE_NAMES",
+    "ENTROPY_SPLITS",
     "FALLBACK_DOMAIN",
     "PROBE_REGISTRY",
     "DomainProbes",
@@ -68,10 +72,12 @@ __all__ = [
     "check_groups",
     "cross_baselines",
     "cross_rollout_advantages",
+    "end_of_thinking_parts",
     "entropy_feature_matrix",
     "entropy_statistics",
     "group_inverse",
     "leave_one_out_mean",
+    "marker_ends",
     "pool_at_positions",
     "pool_packed",
     "pooled_positions_packed",

@@ -53,7 +53,7 @@ class PackedPoolingHook:
         cu_seqlens: ``(B+1,)`` offsets of each sequence in the packed row (prompt then response).
         response_lengths: ``(B,)`` response tokens per sequence.
         k: pool the last k prompt and the last k response tokens.
-        response_pool_lengths: ``(B,)`` optional cut of the response pool (``response_cut_at_last_token_packed``).
+        response_pool_lengths: ``(B,)`` optional cut of the response pool (``response_cut_at_last_marker_packed``).
         sp_rank, sp_size, sp_group: Ulysses sequence-parallel layout; the layer output on this rank is the
             slice ``[sp_rank * L, (sp_rank + 1) * L)`` of the (padded) packed row.
         right_padded: the layer output is ``(B, S, H)`` right-padded rows instead of one packed row

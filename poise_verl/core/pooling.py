@@ -31,9 +31,12 @@ all-reduce (sum) the partial results.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from poise_verl.core.marker import marker_ends, marker_ids
 
 __all__ = [
     "DEFAULT_POOL_TOKENS",
@@ -43,7 +46,7 @@ __all__ = [
     "pool_packed",
     "pooled_positions_packed",
     "pooled_positions_right_padded_rows",
-    "response_cut_at_last_token_packed",
+    "response_cut_at_last_marker_packed",
 ]
 
 # Official feature-builder configs: "last_n_mean" with n = 10 for both the prompt and the response.
@@ -121,7 +124,7 @@ def pooled_positions_packed(
         k: tokens pooled per part.
         response_pool_lengths: ``(B,)`` int in ``[0, R_i]``, optional: the response pool reads the last ``k``
             of the first ``C_i`` response tokens instead of the last ``k`` of all ``R_i`` (the official code
-            cuts the response after its last end-of-thinking token: ``response_cut_at_last_token_packed``).
+            cuts the response after its last end-of-thinking marker: ``response_cut_at_last_marker_packed``).
 
     Returns:
         PooledPositions with ``(B, k)`` indices into the packed token axis (length ``cu[-1]``).
@@ -203,23 +206,28 @@ def pooled_positions_right_padded_rows(
     )
 
 
-def response_cut_at_last_token_packed(
-    input_ids: torch.Tensor, cu_seqlens: torch.Tensor, response_lengths: torch.Tensor, token_id: int | None
+def response_cut_at_last_marker_packed(
+    input_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    response_lengths: torch.Tensor,
+    marker: int | Sequence[int] | None,
 ) -> torch.Tensor:
-    """``(B,)`` response tokens up to and including the last ``token_id`` (all ``R_i`` when it is absent).
+    """``(B,)`` response tokens up to and including the last end-of-thinking marker (all ``R_i`` when absent).
 
-    The official POISE code pools the response's hidden states only up to its last end-of-thinking token:
-    for a thinking model the response feature summarises the end of the reasoning, not the boxed answer.
+    The official POISE code pools the response's hidden states only up to the last occurrence of its
+    end-of-thinking marker (``_build_hidden_capture``): for a thinking model the response feature summarises the
+    end of the reasoning, not the boxed answer. The marker may be several tokens (``core.marker``); the cut then
+    keeps the whole marker, up to its last token.
 
     Args:
         input_ids: ``(total_nnz,)`` or ``(1, total_nnz)``, sample ``i`` at ``[cu[i], cu[i+1])`` ending with its
             ``R_i`` response tokens.
         cu_seqlens: ``(B + 1,)`` int cumulative lengths.
         response_lengths: ``(B,)`` int, ``R_i``.
-        token_id: the end-of-thinking token, or None for no cut.
+        marker: the marker's token ids (one id for a one-token marker), or None for no cut.
     """
     response_lengths = response_lengths.to(torch.int64).reshape(-1)
-    if token_id is None:
+    if not marker_ids(marker):
         return response_lengths
     flat = input_ids.reshape(-1)
     cu = cu_seqlens.to(torch.int64).reshape(-1).to(flat.device)
@@ -227,7 +235,7 @@ def response_cut_at_last_token_packed(
     segment = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=flat.device), cu.diff())
     response_start = (cu[1:] - response_lengths)[segment]  # (N,) start of each token's response
     offset = torch.arange(flat.numel(), device=flat.device) - response_start  # position within the response
-    hit = (offset >= 0) & (flat == token_id)
+    hit = marker_ends(flat, offset, marker)  # negative offsets (prompt tokens) never match
     last = torch.full_like(response_lengths, -1)
     last.scatter_reduce_(0, segment[hit], offset[hit], reduce="amax")
     return torch.where(last >= 0, last + 1, response_lengths)

@@ -28,11 +28,13 @@ from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
 from poise_verl.config import POISE_ENGINE_VENDOR
 from poise_verl.core.capture import PackedPoolingHook, decoder_layers
-from poise_verl.core.pooling import response_cut_at_last_token_packed
+from poise_verl.core.pooling import response_cut_at_last_marker_packed
 
 CAPTURE_LAYER_KEY = "poise_capture_layer"
 POOL_K_KEY = "poise_pool_k"
-THINK_TOKEN_KEY = "poise_response_cut_token"  # -1: pool the end of the response, no cut
+# The end-of-thinking marker's token ids the response pool ends at, a tuple (verl's empty-batch path turns a list in a
+# batch's extra_info into per-row data: transferqueue_utils._async_meta_to_realdata); (): no cut, pool the end.
+RESPONSE_CUT_MARKER_KEY = "poise_response_cut_marker"
 PROMPT_FEATURES = "poise_prompt_features"
 RESPONSE_FEATURES = "poise_response_features"
 
@@ -77,13 +79,10 @@ class PoiseFSDPEngine(FSDPEngineWithLMHead):
             sp_rank = torch.distributed.get_rank(group=sp_group)
         cu_seqlens = micro_batch["input_ids"].offsets().to(torch.long)
         response_lengths = _response_lengths(micro_batch)
-        cut_token = int(tu.get_non_tensor_data(data=micro_batch, key=THINK_TOKEN_KEY, default=-1))
-        # Official POISE: the response pool ends at the response's last end-of-thinking token, when present.
-        response_pool_lengths = response_cut_at_last_token_packed(
-            micro_batch["input_ids"].values(),
-            cu_seqlens,
-            response_lengths,
-            None if cut_token < 0 else cut_token,
+        marker = tuple(tu.get_non_tensor_data(data=micro_batch, key=RESPONSE_CUT_MARKER_KEY, default=()))
+        # Official POISE: the response pool ends at the response's last end-of-thinking marker, when present.
+        response_pool_lengths = response_cut_at_last_marker_packed(
+            micro_batch["input_ids"].values(), cu_seqlens, response_lengths, marker
         )
         hook = PackedPoolingHook(
             cu_seqlens=cu_seqlens,

@@ -23,7 +23,12 @@ from transfer_queue import KVBatchMeta
 from verl.utils.tensordict_utils import list_of_dict_to_tensordict
 from verl.utils.tokenizer.continuous_token_wiring import create_continuous_token_builder
 
-from poise_verl.verl_ext.capture_engine import CAPTURE_LAYER_KEY, POOL_K_KEY, PROMPT_FEATURES, THINK_TOKEN_KEY
+from poise_verl.verl_ext.capture_engine import (
+    CAPTURE_LAYER_KEY,
+    POOL_K_KEY,
+    PROMPT_FEATURES,
+    RESPONSE_CUT_MARKER_KEY,
+)
 
 PARTITION = "poise_select"
 
@@ -97,7 +102,7 @@ class PromptFeatureReader:
                     "temperature": self.temperature,
                     CAPTURE_LAYER_KEY: layer,
                     POOL_K_KEY: pool_last_k,
-                    THINK_TOKEN_KEY: -1,
+                    RESPONSE_CUT_MARKER_KEY: (),
                 }
             )
             self.worker_group.compute_log_prob(meta)

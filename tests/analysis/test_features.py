@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pooling_reference import pool_padded, response_cut_at_last_token
+from pooling_reference import pool_padded, response_cut_at_last_marker
 
 from poise_verl.analysis.features import check_packed_forward, end_of_thinking_id, extract_features
 from poise_verl.analysis.policy import load_policy
@@ -54,11 +54,11 @@ def _reference(model, prompt, response, layers, think_id, temperature):
     finally:
         for handle in handles:
             handle.remove()
-    # A padded response block is never 0 wide (response_cut_at_last_token needs T >= 1): an empty
+    # A padded response block is never 0 wide (response_cut_at_last_marker needs T >= 1): an empty
     # response is one masked-out slot.
     response_ids = torch.tensor([response or [0]], dtype=torch.long)
     response_mask = torch.tensor([[1] * len(response) or [0]])
-    cut = response_cut_at_last_token(response_ids, response_mask, think_id)
+    cut = response_cut_at_last_marker(response_ids, response_mask, think_id)
     pooled = {
         layer: pool_padded(
             outputs[layer].reshape(1, input_ids.shape[1], -1),

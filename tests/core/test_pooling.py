@@ -9,14 +9,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pooling_reference import pool_padded, response_cut_at_last_token
+from pooling_reference import pool_padded, response_cut_at_last_marker
 
 from poise_verl.core.pooling import (
     pool_at_positions,
     pool_packed,
     pooled_positions_packed,
     pooled_positions_right_padded_rows,
-    response_cut_at_last_token_packed,
+    response_cut_at_last_marker_packed,
 )
 
 
@@ -196,34 +196,43 @@ def test_bad_inputs_raise():
 
 
 THINK = 7  # the end-of-thinking token id in the cut tests
+# Markers of one and of several tokens. Ids of a several-token marker's test are drawn from its own ids and two
+# others, so it occurs often, in overlapping runs (7 7 7 holds 7 7 twice) and cut short at a response's ends.
+MARKERS = [THINK, (THINK,), (2, 3), (THINK, THINK), (1, 2, 3)]
 
 
-def _loop_cut(ids, token_id):
-    """Tokens up to and including the last token_id, else all (the official response cut)."""
+def _loop_cut(ids, marker):
+    """Tokens up to and including the last token of the marker's last occurrence, else all (the official cut:
+    dp_actor._find_last_subsequence)."""
+    pattern = [marker] if isinstance(marker, int) else list(marker)
     last = None
-    for position, token in enumerate(ids):
-        if token == token_id:
-            last = position
-    return len(ids) if last is None else last + 1
+    for start in range(len(ids) - len(pattern) + 1):
+        if ids[start : start + len(pattern)] == pattern:
+            last = start + len(pattern)
+    return len(ids) if last is None else last
 
 
+@pytest.mark.parametrize("marker", MARKERS, ids=str)
 @pytest.mark.parametrize("seed", range(8))
-def test_response_cut_at_last_end_of_thinking_token(seed):
+def test_response_cut_at_last_end_of_thinking_marker(seed, marker):
     generator = torch.Generator().manual_seed(seed)
     lengths = [(int(p), int(r)) for p, r in torch.randint(0, 14, (6, 2), generator=generator)]
     _prompts, responses, hidden, mask, width_p, packed, cu, response_lengths = make_batch(lengths, seed=seed)
-    # Token ids: random small ids so THINK appears zero, one or several times in a response (and in prompts,
-    # where it must be ignored).
-    ids = [torch.randint(0, 10, (p + r,), generator=generator) for p, r in lengths]
+    # Token ids: random small ids so the marker appears zero, one or several times in a response (and in prompts,
+    # and across a prompt's end and its response's start, where it must be ignored).
+    pattern = [marker] if isinstance(marker, int) else list(marker)
+    alphabet = torch.tensor(sorted({*pattern, 0, 1})) if len(pattern) > 1 else torch.arange(10)
+    ids = [alphabet[torch.randint(0, len(alphabet), (p + r,), generator=generator)] for p, r in lengths]
     width_t = hidden.shape[1] - width_p
     response_ids = torch.zeros(len(lengths), width_t, dtype=torch.int64)
     for b, (p, r) in enumerate(lengths):
         response_ids[b, :r] = ids[b][p:]
-    cut_padded = response_cut_at_last_token(response_ids, mask[:, width_p:], THINK)
-    pooled_cut = response_cut_at_last_token_packed(torch.cat(ids), cu, response_lengths, THINK)
-    expected = torch.tensor([_loop_cut(ids[b][p:].tolist(), THINK) for b, (p, _) in enumerate(lengths)])
+    cut_padded = response_cut_at_last_marker(response_ids, mask[:, width_p:], marker)
+    pooled_cut = response_cut_at_last_marker_packed(torch.cat(ids), cu, response_lengths, marker)
+    expected = torch.tensor([_loop_cut(ids[b][p:].tolist(), marker) for b, (p, _) in enumerate(lengths)])
     assert torch.equal(cut_padded, expected) and torch.equal(pooled_cut, expected)
-    assert torch.equal(response_cut_at_last_token(response_ids, mask[:, width_p:], None), response_lengths)
+    assert torch.equal(response_cut_at_last_marker(response_ids, mask[:, width_p:], None), response_lengths)
+    assert torch.equal(response_cut_at_last_marker_packed(torch.cat(ids), cu, response_lengths, None), response_lengths)
 
     # Pooling with the cut: both layouts equal the loop over the first C_i response tokens.
     k = 3
@@ -236,6 +245,19 @@ def test_response_cut_at_last_end_of_thinking_token(seed):
     assert torch.equal(flat.response_empty, expected == 0)
 
 
+def test_a_marker_of_several_tokens_is_cut_after_its_last_token():
+    """Documented cases, packed: two responses after a prompt that ends with the marker's first token."""
+    marker = (5, 6)
+    prompt, first, second = [1, 5], [6, 2, 5, 6, 3, 5], [5, 6, 5, 6, 5]
+    ids = torch.tensor(prompt + first + prompt + second)
+    cu = torch.tensor([0, 8, 15])
+    lengths = torch.tensor([6, 5])
+    # first: the prompt's 5 and the response's 6 are no marker; 5 6 at 2..3 -> 4 tokens; a lone 5 at the end.
+    # second: the last whole 5 6 ends at 3 -> 4 tokens.
+    assert response_cut_at_last_marker_packed(ids, cu, lengths, marker).tolist() == [4, 4]
+    assert response_cut_at_last_marker_packed(ids, cu, lengths, (5, 6, 3)).tolist() == [5, 5]
+
+
 def test_response_cut_of_an_empty_response_block():
-    cut = response_cut_at_last_token(torch.zeros(3, 0, dtype=torch.int64), torch.zeros(3, 0), THINK)
+    cut = response_cut_at_last_marker(torch.zeros(3, 0, dtype=torch.int64), torch.zeros(3, 0), THINK)
     assert torch.equal(cut, torch.zeros(3, dtype=torch.int64))

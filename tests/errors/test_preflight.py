@@ -147,8 +147,14 @@ def test_model_checks_read_its_config_and_tokenizer(tiny_assets, tmp_path):
     )
     assert check_model(compose_config("poise.probe_layer=7"), is_poise=False) == []  # DAPO reads no layer
 
+    # The end-of-thinking marker may be several tokens (the tiny tokenizer writes 'boxed' as five), never none and
+    # never the unknown token ('z' is not in the tiny vocabulary): the trainer could then never find it.
+    assert check_model(compose_config("poise.end_of_thinking_token=boxed"), is_poise=True) == []
     (problem,) = check_model(compose_config("poise.end_of_thinking_token=zz"), is_poise=True)
-    assert "poise.end_of_thinking_token='zz' is not a single token of the tokenizer" in problem
+    assert "poise.end_of_thinking_token='zz' encodes to the tokenizer's unknown token" in problem
+    assert "the tokenizer at " in problem
+    (problem,) = check_model(compose_config("poise.end_of_thinking_token=''"), is_poise=True)
+    assert "poise.end_of_thinking_token='' encodes to no token" in problem
 
     (problem,) = check_model(
         compose_config(f"actor_rollout_ref.model.path={tmp_path}/nothing"), is_poise=True

@@ -45,6 +45,8 @@ REFUSED = {
     "bootstrap_steps": (["poise.bootstrap_steps=-1"], "poise.bootstrap_steps must be >= 0, got -1"),
     "min_fit_rows": (["poise.min_fit_rows=1"], "poise.min_fit_rows must be >= 2, got 1"),
     "entropy_features": (["poise.entropy_features=[entropy_median]"], "poise.entropy_features: unknown"),
+    "entropy_split": (["poise.entropy_split=tags"], "poise.entropy_split='tags': choose one of ['end_of_thinking', "),
+    "empty_end_of_thinking": (["poise.end_of_thinking_token=''"], "poise.end_of_thinking_token is empty"),
     "capacity": (["poise.buffer.capacity.math=0"], "poise.buffer.capacity must map domains to positive"),
     "no_other_domain": (["~poise.buffer.capacity.other"], "poise.buffer.capacity must have a row count for 'other'"),
     "probe_name": (["poise.probe.name=svm"], "poise.probe.name='svm'"),

@@ -9,7 +9,8 @@ For each layout (packed = ``use_remove_padding=True``, padded = ``False``) it bu
 class the POISE launcher selects) around the tiny policy's architecture, runs the old-log-prob style
 ``infer_batch`` with the capture flag, and pools the same batch from a separate transformers forward with
 ``output_hidden_states=True`` in verl's left-padded-prompt / right-padded-response layout. The batch has short
-prompts and responses (fewer than k tokens), several micro-batches, and end-of-thinking tokens to cut at.
+prompts and responses (fewer than k tokens), several micro-batches, and end-of-thinking markers of one token
+and of two to cut at.
 """
 
 from __future__ import annotations
@@ -43,8 +44,14 @@ def make_batch(tokenizer, seed: int = 0):
     input_ids[0, prompt_width + 6] = think
     input_ids[2, prompt_width + 2] = think
     input_ids[2, prompt_width + 8] = think
+    # A marker of two tokens (how a tokenizer without a </think> token writes it): in samples 4 and 5, twice in 5;
+    # sample 3 ends its prompt with the first token and starts its response with the second, which is no marker.
+    two = tuple(tokenizer.encode("=(", add_special_tokens=False))
+    for sample, start in ((4, 2), (5, 1), (5, 7)):
+        input_ids[sample, prompt_width + start : prompt_width + start + 2] = torch.tensor(two)
+    input_ids[3, prompt_width - 1], input_ids[3, prompt_width] = two
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return input_ids, attention_mask, position_ids, prompt_width, think
+    return input_ids, attention_mask, position_ids, prompt_width, think, two
 
 
 def infer(engine, batch, remove_padding: bool, flags: dict):
@@ -101,7 +108,7 @@ def main(out_path: str) -> None:
     from verl.workers.engine.base import EngineRegistry
 
     reference = _pooling_reference()
-    pool_padded, response_cut_at_last_token = reference.pool_padded, reference.response_cut_at_last_token
+    pool_padded, response_cut_at_last_marker = reference.pool_padded, reference.response_cut_at_last_marker
     from poise_verl.tiny.model import make_model
     from poise_verl.tiny.tokenizer import build_tokenizer
     from poise_verl.verl_ext import capture_engine as ce
@@ -113,14 +120,16 @@ def main(out_path: str) -> None:
     make_model(tokenizer, seed=0).save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
 
-    input_ids, attention_mask, position_ids, prompt_width, think = make_batch(tokenizer)
+    input_ids, attention_mask, position_ids, prompt_width, think, two = make_batch(tokenizer)
     responses, response_mask = input_ids[:, prompt_width:], attention_mask[:, prompt_width:]
     reference_model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32)
     with torch.no_grad():
         hidden_states = reference_model.eval()(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_hidden_states=True
         ).hidden_states
-    cut = response_cut_at_last_token(responses, response_mask, think)
+    # The response pool's length per marker: none (the whole response), </think>, and the two-token marker.
+    markers = {"none": (), "one_token": (think,), "two_tokens": two}
+    cuts = {name: response_cut_at_last_marker(responses, response_mask, marker) for name, marker in markers.items()}
 
     results = {"engines": {}, "cases": []}
     for remove_padding in (True, False):
@@ -152,26 +161,23 @@ def main(out_path: str) -> None:
             {"remove_padding": remove_padding, "flag": False, "keys": sorted(plain.keys())}
         )
         for layer in LAYERS:
-            for cut_token in (-1, think):
-                flags = {ce.CAPTURE_LAYER_KEY: layer, ce.POOL_K_KEY: K, ce.THINK_TOKEN_KEY: cut_token}
+            for marker_name, marker in markers.items():
+                flags = {ce.CAPTURE_LAYER_KEY: layer, ce.POOL_K_KEY: K, ce.RESPONSE_CUT_MARKER_KEY: marker}
                 output = infer(engine, batch, remove_padding, flags)
-                want = pool_padded(
-                    hidden_states[layer + 1], attention_mask, prompt_width, K, None if cut_token < 0 else cut
-                )
+                want = pool_padded(hidden_states[layer + 1], attention_mask, prompt_width, K, cuts[marker_name])
                 got = {}
                 for name, key in (("prompt", ce.PROMPT_FEATURES), ("response", ce.RESPONSE_FEATURES)):
                     value = output[key]
                     got[name] = torch.stack(list(value.unbind())) if value.is_nested else value
-                case = {"remove_padding": remove_padding, "flag": True, "layer": layer, "cut": cut_token >= 0}
+                case = {"remove_padding": remove_padding, "flag": True, "layer": layer, "marker": marker_name}
                 for name in ("prompt", "response"):
                     reference = getattr(want, name)
                     case[f"{name}_max_abs_diff"] = (got[name] - reference).abs().max().item()
                     case[f"{name}_mean_abs"] = reference.abs().mean().item()
                     case[f"{name}_shape"] = list(got[name].shape)
-                # What a wrong pool would give: the response pool without the cut, or with it.
-                other = pool_padded(
-                    hidden_states[layer + 1], attention_mask, prompt_width, K, cut if cut_token < 0 else None
-                )
+                # What a wrong pool would give: the response pool without the cut, or with the </think> cut.
+                other_cut = cuts["one_token" if marker_name == "none" else "none"]
+                other = pool_padded(hidden_states[layer + 1], attention_mask, prompt_width, K, other_cut)
                 case["response_diff_to_other_cut"] = (got["response"] - other.response).abs().max().item()
                 case["log_probs_finite"] = bool(torch.isfinite(output["log_probs"].values()).all())
                 results["cases"].append(case)

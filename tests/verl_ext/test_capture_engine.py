@@ -3,7 +3,8 @@
 `engine_capture_check.py` runs in its own process (verl's CPU platform and a one-rank gloo group must be set
 up before verl is imported): `PoiseFSDPEngine`, picked from verl's engine registry by VERL_ENGINE_VENDOR=poise
 as the launcher does, wraps the tiny policy's architecture in FSDP2 and runs `infer_batch` with the capture
-flag, packed (remove-padding) and padded, at two decoder layers, with and without the end-of-thinking cut.
+flag, packed (remove-padding) and padded, at two decoder layers, without the end-of-thinking cut and with a
+one-token and a two-token marker.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def test_registry_gives_the_capture_engine(results):
 @pytest.mark.parametrize("remove_padding", [True, False], ids=["packed", "padded"])
 def test_hook_features_equal_output_hidden_states(results, remove_padding):
     cases = [c for c in results["cases"] if c["flag"] and c["remove_padding"] == remove_padding]
-    assert len(cases) == 4  # two layers x cut on/off
+    assert len(cases) == 6  # two layers x (no cut, a one-token marker, a two-token marker)
     for case in cases:
         for part in ("prompt", "response"):
             assert case[f"{part}_shape"] == [6, 128], case

@@ -37,12 +37,13 @@ from poise_verl.core.buffer import storage_domain
 from poise_verl.core.cross_rollout import cross_baselines, lone_rows, sibling_targets
 from poise_verl.core.diagnostics import baseline_diagnostics
 from poise_verl.core.entropy import entropy_feature_matrix, entropy_statistics
+from poise_verl.reasoning_split import end_of_thinking_ids, official_text_parts
 from poise_verl.verl_ext.capture_engine import (
     CAPTURE_LAYER_KEY,
     POOL_K_KEY,
     PROMPT_FEATURES,
+    RESPONSE_CUT_MARKER_KEY,
     RESPONSE_FEATURES,
-    THINK_TOKEN_KEY,
 )
 from poise_verl.verl_ext.feature_dump import write_step_dump
 from poise_verl.verl_ext.probe_worker import ProbeWorker, ReplayBufferActor
@@ -105,31 +106,22 @@ class PoiseSteps(PromptSelection):
         self._pending_refit = None  # (rows-held ref, refit-metrics ref) of the refit issued this step
         self._rloo_domains: set[str] = set()  # domains on RLOO after the bootstrap, announced in the log
         self._lone_announced = False  # rollouts without a sibling (failed generations), announced once
-        self.end_of_thinking_token_id: int | None = None
+        self.end_of_thinking_ids: tuple[int, ...] = ()  # the marker's token ids, () for none
 
     # ---------------------------------------------------------------- set-up
     def _init_tokenizer(self):
         super()._init_tokenizer()
-        token = self.poise.end_of_thinking_token
-        if token is None:
-            return
-        token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise ValueError(
-                f"poise.end_of_thinking_token={token!r} is not a single token of the tokenizer at "
-                f"{self.config.actor_rollout_ref.model.path}: set it to the model's end-of-thinking token, or null "
-                "to use the whole response as the answer part"
-            )
-        self.end_of_thinking_token_id = int(token_id)
+        # The start-up check (preflight) refuses the same markers before Ray, naming the tokenizer's folder.
+        self.end_of_thinking_ids = end_of_thinking_ids(self.tokenizer, self.poise.end_of_thinking_token)
 
     # ---------------------------------------------------------------- old log-probs + features
     def _compute_old_log_prob(self, batch, metrics):
         """verl's old-log-prob pass, with the capture flag on for this pass only (not ref, not training)."""
-        cut = self.end_of_thinking_token_id if self.poise.response_pool_until_end_of_thinking else None
+        cut = self.end_of_thinking_ids if self.poise.response_pool_until_end_of_thinking else ()
         flags = {
             CAPTURE_LAYER_KEY: self.poise.probe_layer,
             POOL_K_KEY: self.poise.pool_last_k,
-            THINK_TOKEN_KEY: -1 if cut is None else cut,
+            RESPONSE_CUT_MARKER_KEY: cut,
         }
         batch.extra_info.update(flags)
         try:
@@ -190,9 +182,6 @@ class PoiseSteps(PromptSelection):
         domains = [storage_domain(d, self.poise.buffer.capacity) for d in to_list(data[domain_key])]
         padded = data.exclude("uid", domain_key).to_padded_tensor()
         response_mask = padded["response_mask"].to(torch.float32)  # (B, T)
-        stats = entropy_statistics(
-            padded["entropy"], response_mask, padded["responses"], self.end_of_thinking_token_id
-        )
         valid = torch.tensor([not tag.get("is_padding", False) for tag in batch.tags], dtype=torch.bool)
         return StepRollouts(
             uids=uids,
@@ -200,11 +189,20 @@ class PoiseSteps(PromptSelection):
             rewards=padded["rm_scores"].to(torch.float32).sum(-1),  # R_i
             prompt=padded[PROMPT_FEATURES].to(torch.float32),
             response=padded[RESPONSE_FEATURES].to(torch.float32),
-            scalars=entropy_feature_matrix(stats, self.poise.entropy_features),
+            scalars=self._entropy_scalars(padded["entropy"], response_mask, padded["responses"]),
             valid=valid,
             lone=lone_rows(uids, valid),
             empty_responses=int(((response_mask.sum(-1) == 0) & valid).sum()),
         )
+
+    def _entropy_scalars(self, entropy, response_mask, responses) -> torch.Tensor:
+        """``(B, T)`` token entropies, mask and ids -> ``(B, S)`` the probe's entropy scalars, the reasoning and
+        answer parts split by ``poise.entropy_split``."""
+        parts = None
+        if self.poise.entropy_split == "official_text":  # the official code's rule, on the decoded responses
+            parts = official_text_parts(self.tokenizer, responses, response_mask)
+        stats = entropy_statistics(entropy, response_mask, responses, self.end_of_thinking_ids, parts=parts)
+        return entropy_feature_matrix(stats, self.poise.entropy_features)
 
     def _dump_step(self, batch, rollouts: StepRollouts, predictions, fitted, from_probe) -> None:
         """``poise.feature_dump_dir``: this step's rows as the probes and verl's advantage stage saw them."""
