@@ -26,14 +26,30 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "hydra_configs"
 RECIPE_DIR = CONFIG_DIR / "recipe"
 
-RECIPES = ["qwen3_4b", "deepseek_r1_distill_qwen_1_5b"]
+RECIPES = ["qwen3_4b", "deepseek_r1_distill_qwen_1_5b", "olmo3_7b_instruct_dpo"]
 ALGOS = ["poise", "dapo"]
 # Probe layer per recipe, and the model's decoder-layer count (config.json num_hidden_layers).
-PROBE_LAYER = {"qwen3_4b": 19, "deepseek_r1_distill_qwen_1_5b": 15}
-NUM_LAYERS = {"qwen3_4b": 36, "deepseek_r1_distill_qwen_1_5b": 28}
+PROBE_LAYER = {"qwen3_4b": 19, "deepseek_r1_distill_qwen_1_5b": 15, "olmo3_7b_instruct_dpo": 7}
+NUM_LAYERS = {"qwen3_4b": 36, "deepseek_r1_distill_qwen_1_5b": 28, "olmo3_7b_instruct_dpo": 32}
+# Recipes whose layer is the official one of their own model; the others take Qwen3-4B's at the same depth.
+OFFICIAL_LAYER = {"qwen3_4b", "olmo3_7b_instruct_dpo"}
 MODEL_ID = {
     "qwen3_4b": "Qwen/Qwen3-4B",
     "deepseek_r1_distill_qwen_1_5b": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+    "olmo3_7b_instruct_dpo": "allenai/Olmo-3-7B-Instruct-DPO",
+}
+# The official feature-builder and estimator-fit configs per model profile: pooled tokens, PCA sizes (prompt,
+# response), ridge alpha (holi-lab/POISE src/poise/config/*_qwen3_4b.json and *_olmo3_7b.json).
+POOL_K = {"qwen3_4b": 10, "deepseek_r1_distill_qwen_1_5b": 10, "olmo3_7b_instruct_dpo": 32}
+PCA_DIMS = {"qwen3_4b": (32, 64), "deepseek_r1_distill_qwen_1_5b": (32, 64), "olmo3_7b_instruct_dpo": (16, 128)}
+RIDGE_ALPHA = {"qwen3_4b": 100.0, "deepseek_r1_distill_qwen_1_5b": 100.0, "olmo3_7b_instruct_dpo": 1000.0}
+# The rollout's GPU memory share (ROLLOUT_GPU_MEMORY_UTILIZATION of each official launcher).
+GPU_MEMORY = {"qwen3_4b": 0.7, "deepseek_r1_distill_qwen_1_5b": 0.7, "olmo3_7b_instruct_dpo": 0.6}
+# The entropy split: the official text rule where the model's template puts <think> in the prompt.
+ENTROPY_SPLIT = {
+    "qwen3_4b": "end_of_thinking",
+    "deepseek_r1_distill_qwen_1_5b": "official_text",
+    "olmo3_7b_instruct_dpo": "end_of_thinking",
 }
 
 
@@ -138,7 +154,15 @@ def test_poise_settings(tiny_cache, recipe):
     assert config.data.train_batch_size == 256  # prompts per step (official)
     assert config.actor_rollout_ref.actor.ppo_mini_batch_size == 32  # prompts per mini-batch (official)
     assert config.poise.probe_layer == PROBE_LAYER[recipe]
-    assert config.poise.pool_last_k == 10
+    assert config.poise.pool_last_k == POOL_K[recipe]
+    assert (config.poise.probe.prompt_pca_dim, config.poise.probe.response_pca_dim) == PCA_DIMS[recipe]
+    assert config.poise.probe.ridge.alpha == RIDGE_ALPHA[recipe]
+    # The other heads take the fit config's one alpha as their penalty too.
+    assert config.poise.probe.logistic.l2 == config.poise.probe.mlp.l2 == RIDGE_ALPHA[recipe]
+    assert config.poise.entropy_split == ENTROPY_SPLIT[recipe]
+    # Both official codes encode "</think>" as the marker for every model (one token or several).
+    assert config.poise.end_of_thinking_token == "</think>"
+    assert config.actor_rollout_ref.rollout.gpu_memory_utilization == GPU_MEMORY[recipe]
     assert config.poise.bootstrap_steps == 16
     assert config.algorithm.filter_groups.enable is False
     assert config.reward.reward_manager.name == "naive"
@@ -252,10 +276,12 @@ def test_data_and_checkpoint_dirs_follow_the_environment(tiny_cache, monkeypatch
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_probe_layer_is_at_the_official_relative_depth(recipe):
-    """0-based model.layers index at Qwen3-4B's 19/36 depth, rounded; always a real layer of the model."""
+    """0-based model.layers index: the official one for Qwen3-4B (19) and OLMo-3-7B (7), else at Qwen3-4B's
+    19/36 depth, rounded; always a real layer of the model."""
     layer, count = PROBE_LAYER[recipe], NUM_LAYERS[recipe]
     assert 0 <= layer < count
-    assert layer == round(19 / 36 * count)
+    if recipe not in OFFICIAL_LAYER:
+        assert layer == round(19 / 36 * count)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

@@ -24,6 +24,8 @@ RUN_SCRIPTS = {
     ("qwen3_4b", "dapo"): REPO / "recipes/qwen3_4b/run_dapo.sh",
     ("deepseek_r1_distill_qwen_1_5b", "poise"): REPO / "recipes/deepseek_r1_distill_qwen_1_5b/run_poise.sh",
     ("deepseek_r1_distill_qwen_1_5b", "dapo"): REPO / "recipes/deepseek_r1_distill_qwen_1_5b/run_dapo.sh",
+    ("olmo3_7b_instruct_dpo", "poise"): REPO / "recipes/olmo3_7b_instruct_dpo/run_poise.sh",
+    ("olmo3_7b_instruct_dpo", "dapo"): REPO / "recipes/olmo3_7b_instruct_dpo/run_dapo.sh",
 }
 
 # Prints each argument on its own line, so tests see the exact argv.
