@@ -64,10 +64,16 @@ def flat_settings(settings: dict, prefix: str = "poise") -> dict[str, Any]:
     return flat
 
 
+# ``poise.*`` keys added after checkpoints were written without them, each with the value that does what the runs
+# before it did: a checkpoint that lacks the key resumes under that value, and only another value is a change.
+ADDED_POISE_KEYS: dict[str, Any] = {"poise.entropy_split": "end_of_thinking"}
+
+
 def changed_poise_settings(saved: dict, configured: dict) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, configured value)`` for every ``poise.*`` key whose value differs, but for the
-    keys a resumed run may change (:data:`RESUMABLE_POISE_KEYS`)."""
-    old, new = flat_settings(saved), flat_settings(configured)
+    keys a resumed run may change (:data:`RESUMABLE_POISE_KEYS`); a key the checkpoint predates counts with its
+    earlier behaviour (:data:`ADDED_POISE_KEYS`)."""
+    old, new = {**ADDED_POISE_KEYS, **flat_settings(saved)}, flat_settings(configured)
     free = {f"poise.{key}" for key in RESUMABLE_POISE_KEYS}
     missing = object()
     return [

@@ -360,3 +360,18 @@ def test_a_poise_checkpoint_resumes_only_with_the_poise_settings_it_was_trained_
     assert problem.endswith(
         "Resume with the saved values, or start fresh: a new trainer.default_local_dir (or trainer.resume_mode=disable)"
     )
+
+
+def test_a_checkpoint_older_than_a_poise_key_resumes_under_the_keys_earlier_behaviour():
+    """A key added since a checkpoint was written (poise.entropy_split) is missing from its saved settings: the
+    value that does what the run did then resumes it; another value is a change, named with both."""
+    from dataclasses import asdict
+
+    from poise_verl.config import PoiseSettings, changed_poise_settings
+
+    configured = asdict(PoiseSettings.from_config(compose_config().poise))
+    saved = {key: value for key, value in configured.items() if key != "entropy_split"}
+    assert configured["entropy_split"] == "end_of_thinking"
+    assert changed_poise_settings(saved, configured) == []
+    official = {**configured, "entropy_split": "official_text"}
+    assert changed_poise_settings(saved, official) == [("poise.entropy_split", "end_of_thinking", "official_text")]
