@@ -1,0 +1,74 @@
+"""The five-algorithm ablation's tables in docs/RESULTS.md are the ones its committed report measured.
+
+``python -m poise_verl.ablate --algos poise,poise_select,poise_history,dapo,grpo --seeds 0,1,2`` wrote the report in
+docs/results/tiny_ablation/. Each cell of the section's two tables is read from the text and compared with the
+report's ``summary.json``, so a rerun whose report replaces the committed one fails here until the section says its
+figures. (The asynchronous sections have their own tests in tests/ablate/.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+REPORT = json.loads((ROOT / "docs" / "results" / "tiny_ablation" / "summary.json").read_text())
+SECTION = "## Five algorithms at the same 128 rollouts per step"
+LABELS = {"POISE": "poise", "POISE + selection": "poise_select", "POISE + history filter": "poise_history",
+          "DAPO": "dapo", "GRPO": "grpo"}
+
+
+def _section() -> str:
+    text = (ROOT / "docs" / "RESULTS.md").read_text()
+    start = text.index(SECTION)
+    return text[start : text.find("\n## ", start + len(SECTION))]
+
+
+def _table(columns: int, suffix: str = "") -> dict[str, list[str]]:
+    """{arm: cells} of the section's rows with COLUMNS cells whose first cell is an arm's name + SUFFIX."""
+    rows = {}
+    for line in _section().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        name = cells[0].removesuffix(suffix)
+        if line.startswith("|") and len(cells) == columns and cells[0].endswith(suffix) and name in LABELS:
+            rows[LABELS[name]] = cells
+    return rows
+
+
+def test_the_main_table_has_every_arm():
+    assert set(_table(7)) == set(REPORT["algorithms"])
+
+
+@pytest.mark.parametrize("algo", sorted(LABELS.values()))
+def test_a_main_table_row_is_its_report(algo):
+    arm, cells = REPORT["algorithms"][algo], _table(7)[algo]
+    final = arm["final_accuracy"]
+    assert cells[1].strip("*") == f"{final['mean']:.3f} ± {final['sd']:.3f}"
+    assert cells[2] == ", ".join(f"{r['final_accuracy']:.3f}" for r in sorted(arm["runs"], key=lambda r: r["seed"]))
+    assert cells[3] == f"{arm['train_wall_clock_s']['mean']:.0f} s ({arm['steps_wall_clock_s']['mean']:.0f} s)"
+    assert cells[4] == f"{arm['process_wall_clock_s']['mean']:.0f} s"
+    hit = arm["to_target"]
+    if hit is None:
+        assert cells[5] == cells[6] == "not reached"
+    else:
+        assert cells[5] == f"{hit['wall_clock_s']:.0f} s ({hit['steps_wall_clock_s']:.0f} s), step {hit['step']}"
+        assert cells[6] == f"{hit['tokens'] / 1000:.0f}k"
+
+
+def test_the_target_and_the_start_are_the_reports():
+    header = next(line for line in _section().splitlines() if line.startswith("| algorithm"))
+    target = REPORT["target_accuracy"]["value"]
+    assert f"to DAPO's final {target:.3f}:" in header
+    starts = {round(arm["start_accuracy"]["mean"], 3) for arm in REPORT["algorithms"].values()}
+    assert starts == {0.423} and "All start at 0.423." in _section()
+
+
+def test_the_ratio_table_is_the_reports():
+    rows = _table(4, suffix=" / DAPO")
+    assert set(rows) == {"poise", "poise_select", "poise_history"}
+    for algo, cells in rows.items():
+        ratio = REPORT["ratios"][f"{algo}/dapo"]
+        assert cells[1:] == [f"{ratio['wall_clock_s']:.2f}x", f"{ratio['steps_wall_clock_s']:.2f}x",
+                             f"{ratio['tokens']:.2f}x"], algo
