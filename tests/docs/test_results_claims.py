@@ -72,3 +72,53 @@ def test_the_ratio_table_is_the_reports():
         ratio = REPORT["ratios"][f"{algo}/dapo"]
         assert cells[1:] == [f"{ratio['wall_clock_s']:.2f}x", f"{ratio['steps_wall_clock_s']:.2f}x",
                              f"{ratio['tokens']:.2f}x"], algo
+
+
+ESTIMATORS = ROOT / "docs" / "results" / "value_estimator_tiny"
+# The value-estimator table's rows: (the row's first cell, up to its first " (", the probe order whose runs it reads,
+# the estimator's key in results.json).
+ESTIMATOR_ROWS = {
+    "POISE probe, official order": ("official", "probe_m_rollouts"),
+    "POISE probe, `standardise_first`": ("standardise_first", "probe_m_rollouts"),
+    "critic": ("official", "critic"),
+    "training-set mean": ("official", "train_mean"),
+    "the prompt's own mean over 2 rollouts": ("official", "group_mean_2"),
+}
+
+
+def _estimator_runs(order: str) -> list[dict]:
+    return [json.loads((ESTIMATORS / order / f"seed_{seed}" / "results.json").read_text()) for seed in range(3)]
+
+
+def _value_estimator_rows() -> dict[str, list[str]]:
+    text = (ROOT / "docs" / "RESULTS.md").read_text()
+    start = text.index("## Value estimators")
+    rows = {}
+    for line in text[start : text.find("\n## ", start + 3)].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 4:
+            rows[cells[0].split(" (")[0]] = cells
+    return rows
+
+
+@pytest.mark.parametrize("row", sorted(ESTIMATOR_ROWS))
+def test_a_value_estimator_row_is_its_three_runs(row):
+    order, key = ESTIMATOR_ROWS[row]
+    runs, cells = _estimator_runs(order), _value_estimator_rows()[row]
+    pearson = [run["estimators"][key]["pearson"] for run in runs]
+    mean = sum(pearson) / 3
+    if key == "train_mean":  # a constant prediction: no correlation
+        assert cells[1] == "0" and cells[3] == "0" and max(map(abs, pearson)) < 1e-9
+    else:
+        assert cells[1] == " / ".join(f"{p:.3f}" for p in pearson) + f" ({mean:.3f})"
+        disjoint = sum(run["disjoint_target"]["probe_2_rollouts" if key == "probe_m_rollouts" else key]["pearson"]
+                       for run in runs) / 3
+        assert cells[3] == f"{disjoint:.3f}"
+    assert cells[2] == f"{sum(run['estimators'][key]['mae'] for run in runs) / 3:.3f}"
+
+
+def test_the_papers_row_is_the_anchor_the_runs_carry():
+    anchor = _estimator_runs("official")[0]["paper_anchor"]
+    cells = _value_estimator_rows()["paper, Qwen3-4B on DAPO-Math: probe / critic"]
+    assert cells[1] == f"{anchor['probe']['pearson']:.3f} / {anchor['critic']['pearson']:.3f}"
+    assert cells[2] == f"{anchor['probe']['mae']:.3f} / {anchor['critic']['mae']:.3f}"
