@@ -122,3 +122,35 @@ def test_the_papers_row_is_the_anchor_the_runs_carry():
     cells = _value_estimator_rows()["paper, Qwen3-4B on DAPO-Math: probe / critic"]
     assert cells[1] == f"{anchor['probe']['pearson']:.3f} / {anchor['critic']['pearson']:.3f}"
     assert cells[2] == f"{anchor['probe']['mae']:.3f} / {anchor['critic']['mae']:.3f}"
+
+
+def _selection_rows() -> dict[str, list[str]]:
+    text = (ROOT / "docs" / "RESULTS.md").read_text()
+    start = text.index("## Prompt selection before generation")
+    rows = {}
+    for line in text[start : text.find("\n## ", start + 3)].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 4 and cells[0] and not cells[0].startswith("---"):
+            rows[cells[0].split(" (")[0].split(",")[0]] = cells[1:]
+    return rows
+
+
+def test_the_selection_table_is_the_reports():
+    selection, rows = REPORT["selection"], _selection_rows()
+    arms = ("poise", "poise_select", "poise_history")
+
+    def mean_sd(algo: str, key: str) -> str:
+        return f"{selection[algo][key]['mean']:.3f} ± {selection[algo][key]['sd']:.3f}"
+
+    assert rows["realised zero-variance share of pairs"] == [mean_sd(a, "zero_variance_share") for a in arms]
+    select = selection["poise_select"]
+    assert rows["predicted zero-variance share: kept prompts / all candidates"] == [
+        "-", (f"{select['predicted_zero_variance_share']['mean']:.3f} / "
+             f"{select['candidates_predicted_zero_variance_share']['mean']:.3f}"), "-"]
+    assert rows["prompt-only estimate vs realised mean reward"] == ["-", mean_sd("poise_select", "prompt_pearson"), "-"]
+    assert rows["choosing's share of a step"] == [
+        "-",
+        (f"{select['select_share_of_step']['mean']:.3f} ({select['select_median_s']['mean']:.3f} s of "
+        f"{select['step_median_s_selection_steps']['mean']:.2f} s)"),
+        f"{selection['poise_history']['select_share_of_step']['mean']:.3f}",
+    ]
