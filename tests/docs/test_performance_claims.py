@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from markdown_tables import section, table_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = json.loads((ROOT / "docs" / "results" / "gpu_check_h200.json").read_text())
@@ -18,14 +19,7 @@ PHASES, SUMMARY = REPORT["phases"], REPORT["summary"]
 
 
 def _rows() -> dict[str, str]:
-    text = (ROOT / "docs" / "PERFORMANCE.md").read_text()
-    start = text.index("## Results")
-    rows = {}
-    for line in text[start : text.index("\n## ", start + 3)].splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) == 2:
-            rows[cells[0]] = cells[1]
-    return rows
+    return dict(table_rows(section(ROOT / "docs" / "PERFORMANCE.md", "## Results"), 2))
 
 
 def _timing(block: dict) -> str:

@@ -12,6 +12,8 @@ import json
 import re
 from pathlib import Path
 
+from markdown_tables import section, table_rows
+
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 SECTION = "## Result on the tiny default"
@@ -28,9 +30,7 @@ LABELS = {
 
 
 def _section() -> str:
-    start = README.index(SECTION)
-    end = README.find("\n## ", start + len(SECTION))
-    return README[start:end]
+    return section(ROOT / "README.md", SECTION)
 
 
 def _report() -> tuple[Path, dict]:
@@ -41,12 +41,7 @@ def _report() -> tuple[Path, dict]:
 
 
 def _rows() -> dict[str, list[str]]:
-    rows = {}
-    for line in _section().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] in LABELS:
-            rows[LABELS[cells[0]]] = cells
-    return rows
+    return {LABELS[cells[0]]: cells for cells in table_rows(_section(), 4) if cells[0] in LABELS}
 
 
 def test_the_table_has_every_arm_of_its_report():

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from markdown_tables import section, table_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 REPORT = json.loads((ROOT / "docs" / "results" / "tiny_ablation" / "summary.json").read_text())
@@ -20,19 +21,19 @@ LABELS = {"POISE": "poise", "POISE + selection": "poise_select", "POISE + histor
           "DAPO": "dapo", "GRPO": "grpo"}
 
 
+RESULTS = ROOT / "docs" / "RESULTS.md"
+
+
 def _section() -> str:
-    text = (ROOT / "docs" / "RESULTS.md").read_text()
-    start = text.index(SECTION)
-    return text[start : text.find("\n## ", start + len(SECTION))]
+    return section(RESULTS, SECTION)
 
 
 def _table(columns: int, suffix: str = "") -> dict[str, list[str]]:
     """{arm: cells} of the section's rows with COLUMNS cells whose first cell is an arm's name + SUFFIX."""
     rows = {}
-    for line in _section().splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    for cells in table_rows(_section(), columns):
         name = cells[0].removesuffix(suffix)
-        if line.startswith("|") and len(cells) == columns and cells[0].endswith(suffix) and name in LABELS:
+        if cells[0].endswith(suffix) and name in LABELS:
             rows[LABELS[name]] = cells
     return rows
 
@@ -91,14 +92,7 @@ def _estimator_runs(order: str) -> list[dict]:
 
 
 def _value_estimator_rows() -> dict[str, list[str]]:
-    text = (ROOT / "docs" / "RESULTS.md").read_text()
-    start = text.index("## Value estimators")
-    rows = {}
-    for line in text[start : text.find("\n## ", start + 3)].splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) == 4:
-            rows[cells[0].split(" (")[0]] = cells
-    return rows
+    return {cells[0].split(" (")[0]: cells for cells in table_rows(section(RESULTS, "## Value estimators"), 4)}
 
 
 @pytest.mark.parametrize("row", sorted(ESTIMATOR_ROWS))
@@ -125,14 +119,8 @@ def test_the_papers_row_is_the_anchor_the_runs_carry():
 
 
 def _selection_rows() -> dict[str, list[str]]:
-    text = (ROOT / "docs" / "RESULTS.md").read_text()
-    start = text.index("## Prompt selection before generation")
-    rows = {}
-    for line in text[start : text.find("\n## ", start + 3)].splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) == 4 and cells[0] and not cells[0].startswith("---"):
-            rows[cells[0].split(" (")[0].split(",")[0]] = cells[1:]
-    return rows
+    rows = table_rows(section(RESULTS, "## Prompt selection before generation"), 4)
+    return {cells[0].split(" (")[0].split(",")[0]: cells[1:] for cells in rows if cells[0]}
 
 
 def test_the_selection_table_is_the_reports():
