@@ -13,6 +13,22 @@ from verl.trainer.ppo.core_algos import compute_rloo_outcome_advantage, get_adv_
 
 import poise_verl  # noqa: F401  (the import under test)
 from poise_verl.core.cross_rollout import cross_rollout_advantages
+from poise_verl.verl_ext.step_predictions import StepPredictions, step_predictions
+
+
+def _estimate(token_rewards, mask, uids, predictions, from_probe=None, valid=None):
+    """The registered estimator as verl's stage calls it, with the step's predictions handed over as the POISE
+    trainer hands them (every row from the probe and valid unless said otherwise)."""
+    rows = len(uids)
+    step = StepPredictions(
+        np.asarray(uids), predictions,
+        torch.ones(rows, dtype=torch.bool) if from_probe is None else from_probe,
+        torch.ones(rows, dtype=torch.bool) if valid is None else valid,
+    )
+    with step_predictions(step):
+        return get_adv_estimator_fn("poise")(
+            token_level_rewards=token_rewards, response_mask=mask, config=None, index=uids
+        )
 
 
 def _loop_reference(rewards, predictions, uids):
@@ -42,10 +58,7 @@ def _random_batch(seed, num_groups=7, max_n=4, length=5):
 @pytest.mark.parametrize("seed", range(5))
 def test_registered_estimator_is_the_cross_rollout_construction(seed):
     uids, rewards, token_rewards, mask, predictions = _random_batch(seed)
-    fn = get_adv_estimator_fn("poise")
-    advantages, returns = fn(
-        token_level_rewards=token_rewards, response_mask=mask, config=None, index=uids, reward_baselines=predictions
-    )
+    advantages, returns = _estimate(token_rewards, mask, uids, predictions)
     expected = _loop_reference(rewards.tolist(), predictions.tolist(), uids.tolist())
     assert advantages.shape == token_rewards.shape
     torch.testing.assert_close(advantages, expected.unsqueeze(-1) * mask, atol=1e-6, rtol=0)
@@ -56,30 +69,39 @@ def test_registered_estimator_is_the_cross_rollout_construction(seed):
 
 
 def test_rewards_as_baselines_is_verls_rloo():
-    uids, rewards, token_rewards, mask, _ = _random_batch(11)
-    fn = get_adv_estimator_fn("poise")
-    advantages, _ = fn(token_level_rewards=token_rewards, response_mask=mask, index=uids, reward_baselines=rewards)
+    """Where the trainer does not use the probe (bootstrap steps, a domain without a fitted probe), the estimator
+    puts each row's own reward in its place: RLOO, as verl computes it."""
+    uids, _, token_rewards, mask, predictions = _random_batch(11)
+    advantages, _ = _estimate(token_rewards, mask, uids, predictions, from_probe=torch.zeros(len(uids), dtype=bool))
     rloo, _ = compute_rloo_outcome_advantage(token_level_rewards=token_rewards, response_mask=mask, index=uids)
     torch.testing.assert_close(advantages, rloo, atol=1e-6, rtol=0)
 
 
 def test_a_rollout_without_a_sibling_gets_no_gradient():
     """A prompt whose other generations failed arrives with one rollout: no sibling baseline, advantage 0."""
-    fn = get_adv_estimator_fn("poise")
     uids = np.array(["a", "b", "a"], dtype=object)
-    advantages, _ = fn(token_level_rewards=torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]),
-                       response_mask=torch.ones(3, 2), index=uids, reward_baselines=torch.tensor([0.2, 0.9, 0.6]))
+    advantages, _ = _estimate(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]), torch.ones(3, 2), uids,
+                              torch.tensor([0.2, 0.9, 0.6]), valid=torch.tensor([True, False, True]))
     torch.testing.assert_close(advantages, torch.tensor([[0.4, 0.4], [0.0, 0.0], [-0.2, -0.2]]))
 
 
-def test_missing_or_nan_baselines_are_errors():
-    fn = get_adv_estimator_fn("poise")
+def test_missing_misaligned_or_nan_predictions_are_errors():
     uids = np.array(["a", "a"], dtype=object)
-    with pytest.raises(ValueError, match="reward_baselines"):
-        fn(token_level_rewards=torch.ones(2, 2), response_mask=torch.ones(2, 2), index=uids)
+    with pytest.raises(ValueError, match="no probe predictions for this batch"):
+        get_adv_estimator_fn("poise")(token_level_rewards=torch.ones(2, 2), response_mask=torch.ones(2, 2), index=uids)
+    with pytest.raises(RuntimeError, match="uids differ"):
+        _misaligned()
     with pytest.raises(ValueError, match="uid='a'"):
-        fn(token_level_rewards=torch.ones(2, 2), response_mask=torch.ones(2, 2), index=uids,
-           reward_baselines=torch.tensor([0.5, float("nan")]))
+        _estimate(torch.ones(2, 2), torch.ones(2, 2), uids, torch.tensor([0.5, float("nan")]))
+
+
+def _misaligned():
+    """The trainer predicted for rows a, b; verl's stage hands the estimator b, a."""
+    step = StepPredictions(np.array(["a", "b"], dtype=object), torch.tensor([0.5, 0.5]),
+                           torch.ones(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool))
+    with step_predictions(step):
+        get_adv_estimator_fn("poise")(token_level_rewards=torch.ones(2, 2), response_mask=torch.ones(2, 2),
+                                      index=np.array(["b", "a"], dtype=object))
 
 
 PLAIN_IMPORT = """

@@ -14,11 +14,13 @@ reads a fixed list of fields from the batch (``uid, response_mask, rm_scores, ro
 old_log_probs, ref_log_prob, values``), so the ``reward_baselines`` key verl would pass along from the batch
 never gets there; the POISE trainer computes g(phi_i) for the step, enters ``step_predictions(...)`` around
 verl's stage, and this estimator reads them back, after checking they are the predictions of exactly these
-rollouts in this order (the uids must match row by row). Called with ``reward_baselines`` (verl's legacy
-trainer, or a user's own code) it uses those instead.
+rollouts in this order (the uids must match row by row). That is the one input path.
 
-Per row i: g(phi_i) when its domain's probe is fitted, else the realised reward R_i (with the KL penalty,
-when verl applied one). The estimator forms b_i = mean_{j != i} of those over i's siblings and
+Where a step's baseline is chosen: the trainer decides, per row, whether the probe's g(phi_i) is the baseline
+input (``StepPredictions.from_probe``: a fitted probe, a paired rollout, past the bootstrap steps;
+``PoiseSteps._compute_advantage``); this estimator applies that choice, because only here is the realised
+reward R_i known as verl's stage made it (with the KL penalty, when verl applied one), which is the input where
+the probe is not used. The estimator forms b_i = mean_{j != i} of those over i's siblings and
 A_i = R_i - b_i on every response token, with no std normalisation (unlike GRPO). With rewards in place of
 predictions this is RLOO exactly: the bootstrap steps and any domain whose probe is not fitted yet. Because
 b_i depends only on the siblings' samples, the gradient stays unbiased.
@@ -41,8 +43,8 @@ def _current(index: np.ndarray, batch: int) -> StepPredictions:
     step = current_step_predictions()
     if step is None:
         raise ValueError(
-            "poise advantage: no probe predictions for this batch. The POISE trainer (trainer.v1.trainer_mode="
-            "poise, set by algo=poise) provides them; with another trainer pass reward_baselines"
+            "poise advantage: no probe predictions for this batch. The POISE trainers provide them (algo=poise, "
+            "poise_async or poise_fully_async); adv_estimator=poise does not run under another trainer mode"
         )
     if len(step.uids) != batch or not np.array_equal(np.asarray(index).astype(str), step.uids.astype(str)):
         raise RuntimeError(
@@ -58,7 +60,6 @@ def compute_poise_outcome_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: np.ndarray | None = None,
-    reward_baselines: torch.Tensor | None = None,
     config: Any = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,9 +70,6 @@ def compute_poise_outcome_advantage(
             ``use_kl_in_reward`` is on).
         response_mask: ``(bs, T)`` 1 on response tokens.
         index: ``(bs,)`` prompt uid per rollout.
-        reward_baselines: ``(bs,)`` g(phi_i), the prediction from rollout i's OWN features, when the caller has
-            them (verl's keyword for a batch-held baseline input; it is not the baseline b_i, which this
-            estimator forms from the siblings' entries); otherwise the trainer's :func:`step_predictions`.
         config: verl's algorithm section (unused; the registry's calling convention).
 
     Returns:
@@ -80,18 +78,15 @@ def compute_poise_outcome_advantage(
     if index is None:
         raise ValueError("poise advantage: verl passed no `index` (prompt uids); siblings cannot be matched")
     rewards = token_level_rewards.sum(dim=-1).to(torch.float32)  # R_i
-    if reward_baselines is not None:  # verl's name; the values are per-row predictions g(phi_i)
-        predictions, valid = reward_baselines.to(rewards.device, torch.float32), None
-    else:
-        step = _current(index, rewards.shape[0])
-        from_probe = step.from_probe.to(rewards.device)
-        predictions = torch.where(from_probe, step.predictions.to(rewards.device, torch.float32), rewards)
-        valid = step.valid
+    step = _current(index, rewards.shape[0])
+    # Each row's baseline input: the probe's g(phi_i) where the trainer chose it, else R_i (RLOO).
+    from_probe = step.from_probe.to(rewards.device)
+    predictions = torch.where(from_probe, step.predictions.to(rewards.device, torch.float32), rewards)
     if not torch.isfinite(predictions).all():
         bad = int((~torch.isfinite(predictions)).nonzero()[0, 0])
         raise ValueError(
             f"poise advantage: the baseline input of row {bad} (uid={index[bad]!r}) is not finite"
         )
     with torch.no_grad():
-        advantages = cross_rollout_advantages(rewards, predictions, index, response_mask, valid=valid)
+        advantages = cross_rollout_advantages(rewards, predictions, index, response_mask, valid=step.valid)
     return advantages, advantages
