@@ -10,9 +10,14 @@ for POISE) reach every Ray process through ``ray.init``'s ``runtime_env``.
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import importlib
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -197,9 +202,41 @@ def run(config: DictConfig) -> None:
     )
     from poise_verl.verl_ext.stopping import stop_cleanly
 
-    with stop_cleanly(config):  # a failing reward function or Ctrl-C ends the run: Ray first, the message last
-        run_ppo(config, task_runner_class=TaskRunnerV1)
-    print_summary(config, time.monotonic() - started)
+    with workers_temp_dir(config):
+        with stop_cleanly(config):  # a failing reward function or Ctrl-C ends the run: Ray first, the message last
+            run_ppo(config, task_runner_class=TaskRunnerV1)
+        print_summary(config, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def workers_temp_dir(config: DictConfig):
+    """A temporary folder of the run's own for its Ray workers, removed when the run ends, however it ends.
+
+    verl's workers write into the system temporary folder files that nobody removes (``local_mkdir_safe`` leaves a
+    ``ckpt_<hash>.lock`` for every checkpoint folder it creates). The workers get ``TMPDIR`` pointing here instead,
+    through ``ray.init``'s runtime_env; the driver keeps its own, so Ray's session folder stays where Ray puts it.
+    torch's compile cache, which lives in the temporary folder by default, is kept where it was so that it
+    outlives the run. A ``TMPDIR`` the config sets for the workers is left alone. On the nodes of a cluster
+    started apart from this driver the folder does not exist and Python falls back to the system's.
+    """
+    env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars  # prepare() made them
+    if "TMPDIR" in env_vars:
+        yield None
+        return
+    folder = tempfile.mkdtemp(prefix="poise-verl-run-")
+    with open_dict(config):
+        env_vars["TMPDIR"] = folder
+        if "TORCHINDUCTOR_CACHE_DIR" not in env_vars and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+            # torch's default (torch._inductor.runtime.cache_dir_utils.default_cache_dir), made explicit.
+            try:
+                user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+            except (KeyError, OSError):
+                user = f"uid_{os.getuid()}"
+            env_vars["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def print_summary(config: DictConfig, wall_clock_s: float) -> None:

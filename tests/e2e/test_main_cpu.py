@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+from pathlib import Path
 
 import psutil
 import pytest
@@ -194,6 +195,11 @@ def test_poise_trains_survives_a_kill_mid_checkpoint_resumes_and_stops_on_ctrl_c
                     workers[f"{process.pid} {title}"] = process.nice()
         assert any("TaskRunner" in name for name in workers) and set(workers.values()) == {0}, workers
         returncode, left, log = second.interrupt(STOP_BOUND_S)
+        # verl's workers left a ckpt_<hash>.lock in their temporary folder for every checkpoint folder they made:
+        # the run's own folder, which went with the run, not the launch's (here the user's) TMPDIR.
+        leftovers = [p.name for pattern in ("ckpt_*.lock", "poise-verl-run-*")
+                     for p in Path(second.ray_dir).glob(pattern)]
+        assert not leftovers, leftovers
     finally:
         second.kill_all()
     # The signal lands between steps: the run may have saved a later checkpoint than step 4 by then (steps take
