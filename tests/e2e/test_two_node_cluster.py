@@ -1,4 +1,5 @@
-"""The real trainer across a two-node Ray cluster on loopback, started with the repo's multi-node scripts.
+"""The real trainer across a two-node Ray cluster on loopback, started with the repo's multi-node scripts (and, in
+the same launch, the official code's entropy split, ``poise.entropy_split=official_text``, through full steps).
 
 `recipes/multinode/start_ray_head.sh` and `start_ray_worker.sh` each start a Ray node on 127.0.0.1 with one
 logical GPU (NUM_GPUS=1: Ray's GPU count is a label; on this CPU machine the CPU platform runs the work), so
@@ -183,6 +184,9 @@ def test_poise_trains_across_two_nodes(tiny_assets, tmp_path, two_node_cluster):
             "trainer.n_gpus_per_node=1",
             "trainer.total_training_steps=2",
             "trainer.save_freq=2",
+            # The official code's entropy split on decoded text (the R1 recipe's), in a full step of the trainer.
+            "poise.entropy_split=official_text",
+            f"poise.feature_dump_dir={tmp_path / 'dump'}",
         ],
         tmp_path,
         timeout=840,
@@ -195,6 +199,16 @@ def test_poise_trains_across_two_nodes(tiny_assets, tmp_path, two_node_cluster):
         assert_finite(metrics[step], ["actor/pg_loss", "actor/grad_norm", "poise/buffer_rows", "timing_s/gen"])
     assert metrics[2]["poise/phase_probe"] == 1.0  # the probe, fitted on step 1, gave step 2's baselines
     assert metrics[2]["poise/buffer_rows"] == 2 * 16
+    # The tiny task's responses carry </think> but no <think>: under the official rule on decoded text the
+    # reasoning part is empty (its mean 0), where the token-id rule would average the tokens up to </think>.
+    from poise_verl.tiny.tokenizer import THINK_END, build_tokenizer
+    from poise_verl.verl_ext.feature_dump import load_step_dumps
+
+    think_end = build_tokenizer().convert_tokens_to_ids(THINK_END)
+    for step, dump in load_step_dumps(tmp_path / "dump").items():
+        reasoning = dump["entropy_features"][:, list(dump["entropy_feature_names"]).index("entropy_reasoning_mean")]
+        assert bool((reasoning[dump["valid"]] == 0).all()), (step, reasoning)
+        assert any(think_end in ids.tolist() for ids in dump["response_ids"]), step
     # One FSDP shard per rank: the actor ran as two ranks, one on each node's GPU slot.
     shards = sorted(p.name for p in (run.checkpoint_dir / "global_step_2" / "actor").glob("model_world_size_*.pt"))
     assert shards == ["model_world_size_2_rank_0.pt", "model_world_size_2_rank_1.pt"], shards
