@@ -44,16 +44,6 @@ class RolloutFeatures:
     empty_responses: int
 
 
-def end_of_thinking_id(tokenizer, token: str | None = "</think>") -> int | None:
-    """The id of ``token`` when it is one token of the tokenizer, else None (no cut, no reasoning part)."""
-    if token is None:
-        return None
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id is None or token_id == tokenizer.unk_token_id:
-        return None
-    return int(token_id)
-
-
 def _micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:
     """Consecutive index lists whose total length stays within ``token_budget`` (at least one each)."""
     batches, current, total = [], [], 0

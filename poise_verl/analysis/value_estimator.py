@@ -54,7 +54,6 @@ from poise_verl.analysis.estimators import Study, compare
 from poise_verl.analysis.features import (
     RolloutFeatures,
     check_packed_forward,
-    end_of_thinking_id,
     extract_features,
 )
 from poise_verl.analysis.policy import CheckpointError, eos_token_ids, load_policy
@@ -64,6 +63,7 @@ from poise_verl.analysis.sampling import generate_hf, score_responses
 from poise_verl.config import default_poise_settings
 from poise_verl.core.capture import decoder_layers
 from poise_verl.core.probe_features import FEATURE_ORDERS
+from poise_verl.reasoning_split import end_of_thinking_ids
 
 logger = logging.getLogger("poise_verl.analysis.value_estimator")
 
@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--end-of-thinking-token",
         default=poise.end_of_thinking_token or "none",
-        help="splits entropy parts and ends the response pool ('none' to disable; ignored if not one token)",
+        help="splits entropy parts and ends the response pool, one token or several ('none' to disable)",
     )
     parser.add_argument(
         "--prompt-components",
@@ -221,9 +221,19 @@ def run(args: argparse.Namespace) -> dict:
     if len(rows) < 4:
         raise DataError(f"need at least 4 prompts, the data has {len(rows)}")
     model, tokenizer, layout = load_policy(args.model, dtype=torch.float32, device=device)
+    marker_ids(args, tokenizer)  # a marker the tokenizer cannot encode stops the study before sampling
     timing: dict[str, float] = {}
     prompt_ids, responses, rewards = sample(args, model, tokenizer, rows, timing)
     return analyse(args, model, tokenizer, prompt_ids, responses, rewards, layout.kind, timing, started)
+
+
+def marker_ids(args: argparse.Namespace, tokenizer) -> tuple[int, ...] | None:
+    """The end-of-thinking marker's token ids (``--end-of-thinking-token``), None for 'none'."""
+    marker = None if str(args.end_of_thinking_token).lower() == "none" else args.end_of_thinking_token
+    try:
+        return end_of_thinking_ids(tokenizer, marker, where="--end-of-thinking-token") or None
+    except ValueError as error:
+        raise DataError(str(error)) from None
 
 
 def split(count: int, seed: int, heldout_fraction: float) -> tuple[list[int], list[int]]:
@@ -235,7 +245,7 @@ def split(count: int, seed: int, heldout_fraction: float) -> tuple[list[int], li
 
 
 def rollout_features(
-    args: argparse.Namespace, model, prompt_ids, responses, layers: list[int], think_id: int | None
+    args: argparse.Namespace, model, prompt_ids, responses, layers: list[int], think_id: tuple[int, ...] | None
 ) -> RolloutFeatures:
     """Stage 3: the probe's features of every rollout, every swept layer in one packed forward."""
     count, m = len(prompt_ids), len(responses[0])
@@ -274,8 +284,7 @@ def analyse(
     """
     layer_count = len(decoder_layers(model))
     layers, probe_layer = choose_layers(args.layers, args.probe_layer, layer_count)
-    think_token = None if str(args.end_of_thinking_token).lower() == "none" else args.end_of_thinking_token
-    think_id = end_of_thinking_id(tokenizer, think_token)
+    think_id = marker_ids(args, tokenizer)
     train, heldout = split(len(prompt_ids), args.seed, args.heldout_fraction)
 
     clock = time.monotonic()
@@ -296,7 +305,7 @@ def analyse(
         "alpha": args.ridge_alpha,
         "pool_tokens": args.pool_tokens,
         "entropy_features": list(features.entropy_names),
-        "end_of_thinking_token": think_token if think_id is not None else None,
+        "end_of_thinking_token": None if think_id is None else args.end_of_thinking_token,
         "probe_layer": probe_layer,
         "decoder_layers": layer_count,
         "feature_capture": "core.capture.PackedPoolingHook on every swept layer, one packed forward",

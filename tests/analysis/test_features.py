@@ -7,10 +7,11 @@ import pytest
 import torch
 from pooling_reference import pool_padded, response_cut_at_last_marker
 
-from poise_verl.analysis.features import check_packed_forward, end_of_thinking_id, extract_features
+from poise_verl.analysis.features import check_packed_forward, extract_features
 from poise_verl.analysis.policy import load_policy
 from poise_verl.core.capture import decoder_layers
 from poise_verl.core.entropy import entropy_feature_matrix, entropy_statistics
+from poise_verl.reasoning_split import end_of_thinking_ids
 
 RESPONSES = [
     "54</think>\\boxed{45}<|im_end|>",  # the task's format
@@ -82,7 +83,7 @@ def _reference(model, prompt, response, layers, think_id, temperature):
 def test_packed_features_match_per_rollout_reference(policy, token_budget):
     model, tokenizer = policy
     prompts, responses = _rollouts(tokenizer)
-    think_id = end_of_thinking_id(tokenizer)
+    think_id = end_of_thinking_ids(tokenizer, "</think>")
     layers = list(range(len(decoder_layers(model))))
     features = extract_features(
         model,
@@ -110,7 +111,7 @@ def test_packed_features_match_per_rollout_reference(policy, token_budget):
 def test_response_pool_stops_at_the_last_end_of_thinking_token(policy):
     model, tokenizer = policy
     prompts, responses = _rollouts(tokenizer)
-    think_id = end_of_thinking_id(tokenizer)
+    think_id = end_of_thinking_ids(tokenizer, "</think>")
     cut = extract_features(model, prompts[:2], responses[:2], [1], end_of_thinking_token_id=think_id)
     whole = extract_features(
         model,
@@ -128,8 +129,7 @@ def test_packed_forward_check_and_token_lookup(policy):
     model, tokenizer = policy
     prompts, responses = _rollouts(tokenizer)
     check_packed_forward(model, prompts, responses)
-    assert end_of_thinking_id(tokenizer) == tokenizer.convert_tokens_to_ids("</think>")
-    assert end_of_thinking_id(tokenizer, "<|not a token|>") is None
-    assert end_of_thinking_id(tokenizer, None) is None
+    assert end_of_thinking_ids(tokenizer, "</think>") == (tokenizer.convert_tokens_to_ids("</think>"),)
+    assert end_of_thinking_ids(tokenizer, None) == ()
     with pytest.raises(ValueError, match="outside the model's 4 decoder layers"):
         extract_features(model, prompts, responses, [4])

@@ -154,3 +154,12 @@ def test_argument_checks(small_tiny_assets, tmp_path):
     for bad in (["--m", "5"], ["--m", "2"], ["--heldout-fraction", "1.0"], ["--critic-lr", "x"]):
         with pytest.raises(SystemExit):
             value_estimator.parse_args(_small_argv(small_tiny_assets, tmp_path, *bad))
+
+
+def test_a_marker_the_tokenizer_cannot_write_stops_the_study_before_sampling(small_tiny_assets, tmp_path, monkeypatch):
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the marker was checked")
+
+    monkeypatch.setattr(value_estimator, "sample", no_sampling)
+    with pytest.raises(SystemExit, match=r"--end-of-thinking-token='zz' encodes to the tokenizer's unknown token"):
+        value_estimator.main(_small_argv(small_tiny_assets, tmp_path / "out", "--end-of-thinking-token", "zz"))
