@@ -82,6 +82,14 @@ def test_the_sync_trainer_trains_on_when_a_rollout_fails_and_stops_cleanly_when_
         row = int(lone.nonzero()[0, 0])
         assert not bool(record["valid"][row])  # out of the probe's rows and of every group
         assert torch.count_nonzero(record["advantages"][row]) == 0  # no policy gradient
-        others = [record["advantages"][i] for i in range(len(lone)) if bool(record["valid"][i])]
-        assert len(others) == 14 and any(torch.count_nonzero(a) > 0 for a in others)
+        paired = [i for i in range(len(lone)) if bool(record["valid"][i])]
+        assert len(paired) == 14
+        # The paired rows get their policy gradient as before: reward minus the baseline from the sibling (its
+        # probe prediction, or under RLOO its reward) on every response token; 0 only where the two are equal.
+        for i in paired:
+            (sibling,) = [j for j in paired if j != i and record["uids"][j] == record["uids"][i]]
+            baseline = record["predictions" if bool(record["from_probe"][i]) else "rewards"][sibling]
+            expected = float(record["rewards"][i]) - float(baseline)
+            advantage = record["advantages"][i]
+            assert torch.allclose(advantage, torch.full_like(advantage, expected), atol=1e-6), (step, i, expected)
         assert sum(1 for uid in record["uids"] if uid == record["uids"][row]) == 1  # its sibling never arrived
