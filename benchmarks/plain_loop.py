@@ -7,7 +7,7 @@ no worker groups, no rollout server and no FSDP:
    renders them;
 2. samples 16 responses per prompt (128 rows) with transformers ``generate`` (temperature 1, no top-k/top-p,
    at most ``data.max_response_length`` = 24 new tokens, cut at the first EOS) through
-   :func:`poise_verl.analysis.sampling.generate_hf`, the project's one batched-generation routine;
+   :func:`poise_verl.generation.generate_hf`, the project's one batched-generation routine;
 3. scores each response with the project's reward (:func:`poise_verl.tiny.reward.compute_score`);
 4. group-normalised advantages as verl's GRPO computes them: ``(R - mean_group) / (std_group + 1e-6)``
    (unbiased std);
@@ -106,7 +106,7 @@ def run_plain(assets: Path, steps: int, seed: int = 0) -> PlainRun:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from poise_verl.analysis.prompts import encode_prompt, read_prompts
-    from poise_verl.analysis.sampling import generate_hf
+    from poise_verl.generation import generate_hf
     from poise_verl.tiny.reward import compute_score
 
     start = time.perf_counter()

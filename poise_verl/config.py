@@ -343,7 +343,7 @@ def _tiny(relative: str) -> str:
     Only the path: Hydra dereferences an interpolated value whenever a recipe merges over it, so building here
     would train a tiny model on GPU launches. ``launch.prepare`` builds a cache's assets when a run uses them.
     """
-    from poise_verl.tiny.build import tiny_assets_dir
+    from poise_verl.tiny.paths import tiny_assets_dir
 
     return str(tiny_assets_dir() / relative)
 

@@ -34,7 +34,8 @@ import torch
 from poise_verl.analysis.passk import mean_pass_at_k, report_ks
 from poise_verl.analysis.policy import CheckpointError, eos_token_ids, load_policy, resolve_checkpoint
 from poise_verl.analysis.prompts import DataError, encode_prompt, read_prompts
-from poise_verl.analysis.sampling import generate_hf, generate_vllm, score_responses
+from poise_verl.analysis.sampling import generate_vllm, score_responses
+from poise_verl.generation import generate_hf
 
 logger = logging.getLogger("poise_verl.eval")
 

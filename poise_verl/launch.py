@@ -124,13 +124,15 @@ def metrics_file(config: DictConfig) -> str:
 def ensure_tiny_assets_if_used(config: DictConfig) -> None:
     """With ``POISE_VERL_CACHE`` set, build the tiny policy and task there (first use only, about a minute)
     when the run's paths point at them; the shipped assets need nothing."""
-    from poise_verl.tiny.build import ensure_tiny_assets, tiny_assets_dir
+    from poise_verl.tiny.paths import tiny_assets_dir
 
     root = str(tiny_assets_dir())
     val_files = config.data.val_files
     paths = [config.actor_rollout_ref.model.path, config.data.train_files]
     paths += list(val_files) if OmegaConf.is_list(val_files) else [val_files]
     if any(str(path).startswith(root) for path in paths):
+        from poise_verl.tiny.build import ensure_tiny_assets
+
         ensure_tiny_assets()
 
 

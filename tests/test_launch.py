@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from poise_verl.config import register_resolvers
 from poise_verl.launch import prepare
-from poise_verl.tiny.build import RECIPE_VERSION
+from poise_verl.tiny.paths import RECIPE_VERSION
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "hydra_configs")
 

@@ -59,10 +59,11 @@ from poise_verl.analysis.features import (
 from poise_verl.analysis.policy import CheckpointError, eos_token_ids, load_policy
 from poise_verl.analysis.probe_sweep import ProbeSettings, choose_layers, layer_sweep
 from poise_verl.analysis.prompts import DataError, encode_prompt, read_prompts
-from poise_verl.analysis.sampling import generate_hf, score_responses
+from poise_verl.analysis.sampling import score_responses
 from poise_verl.config import default_poise_settings
 from poise_verl.core.capture import decoder_layers
 from poise_verl.core.probe_features import FEATURE_ORDERS
+from poise_verl.generation import generate_hf
 from poise_verl.reasoning_split import end_of_thinking_ids
 
 logger = logging.getLogger("poise_verl.analysis.value_estimator")
@@ -279,7 +280,7 @@ def analyse(
     """Stages 2-5 of the module docstring on sampled rollouts; writes the outputs and returns the results.
 
     Args:
-        prompt_ids: ``P`` rendered prompts; responses: ``responses[p][s]`` (``sampling.Response``);
+        prompt_ids: ``P`` rendered prompts; responses: ``responses[p][s]`` (``generation.Response``);
         rewards: ``(P, m)`` rewards in [0, 1].
     """
     layer_count = len(decoder_layers(model))

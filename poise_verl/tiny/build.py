@@ -37,14 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from poise_verl.tiny.model import count_parameters, make_model
+from poise_verl.tiny.paths import RECIPE_VERSION, tiny_assets_dir
 from poise_verl.tiny.sampling import pass_rates
 from poise_verl.tiny.task import LEVELS, Problem, make_splits, sample_problems, write_parquet
 from poise_verl.tiny.tokenizer import build_tokenizer, prompt_text
 
 logger = logging.getLogger(__name__)
-
-# Bump whenever anything below changes what gets built (task, tokenizer, model, warm-up): caches rebuild.
-RECIPE_VERSION = 2
 
 TRAIN_PROMPTS = 32768
 # 2048 greedy validation prompts: one validation's binomial standard error is at most 1.1 points (at 50%).
@@ -248,17 +246,6 @@ def _versions() -> dict:
         "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__,
     }
-
-
-# The assets shipped in the package, built by this recipe (build_info.json says where and when).
-SHIPPED_DIR = Path(__file__).resolve().parent / "assets"
-
-
-def tiny_assets_dir() -> Path:
-    """Where runs find the tiny assets: ``$POISE_VERL_CACHE/tiny-v<RECIPE_VERSION>`` when that variable is set
-    (a build of your own, made on first use), else the ones shipped in the package."""
-    root = os.environ.get("POISE_VERL_CACHE")
-    return Path(root) / f"tiny-v{RECIPE_VERSION}" if root else SHIPPED_DIR
 
 
 def ensure_tiny_assets(cache_dir: str | Path | None = None, seed: int = 0) -> Path:

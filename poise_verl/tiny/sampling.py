@@ -1,13 +1,13 @@
 """Sampling and pass-rate measurement for the tiny policy, in plain torch (no verl).
 
 Used by the build (to measure the warmed-up policy). Generation is the project's one batched routine,
-:func:`poise_verl.analysis.sampling.generate_hf`, with batches that never mix prompt lengths, so no prompt
+:func:`poise_verl.generation.generate_hf`, with batches that never mix prompt lengths, so no prompt
 is padded: the model sees exactly the positions it sees under verl.
 """
 
 from __future__ import annotations
 
-from poise_verl.analysis.sampling import generate_hf
+from poise_verl.generation import generate_hf
 from poise_verl.tiny.reward import compute_score
 from poise_verl.tiny.task import DATA_SOURCE, Problem
 from poise_verl.tiny.tokenizer import prompt_text

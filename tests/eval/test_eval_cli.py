@@ -15,7 +15,7 @@ import torch
 
 from poise_verl.analysis.policy import eos_token_ids, load_policy
 from poise_verl.analysis.prompts import DataError, encode_prompt, read_prompts
-from poise_verl.analysis.sampling import generate_hf
+from poise_verl.generation import generate_hf
 
 # The CLI run below: the first 64 prompts of each file, 4 samples each at temperature 1, as many tokens as training
 # allows (data.max_response_length=24). On the shipped build this gave 128 prompts with avg@4 0.379, pass@2 0.483,

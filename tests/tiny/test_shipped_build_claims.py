@@ -13,10 +13,10 @@ import json
 import re
 from pathlib import Path
 
-from poise_verl.tiny import build as tiny_build
+from poise_verl.tiny import paths as tiny_paths
 
 README = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())  # one line
-INFO = json.loads((tiny_build.SHIPPED_DIR / "build_info.json").read_text())
+INFO = json.loads((tiny_paths.SHIPPED_DIR / "build_info.json").read_text())
 
 
 def _number(pattern: str) -> float:

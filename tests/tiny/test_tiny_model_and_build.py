@@ -4,6 +4,7 @@ import threading
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import poise_verl.tiny.build as tiny_build
+import poise_verl.tiny.paths as tiny_paths
 from poise_verl.tiny.model import count_parameters
 from poise_verl.tiny.sampling import pass_rates
 from poise_verl.tiny.task import generate_problems
@@ -80,8 +81,23 @@ def test_ensure_tiny_assets_builds_once(tmp_path, monkeypatch):
 
 def test_assets_dir_is_the_shipped_one_unless_a_cache_is_set(monkeypatch, tmp_path):
     monkeypatch.delenv("POISE_VERL_CACHE", raising=False)
-    assert tiny_build.tiny_assets_dir() == tiny_build.SHIPPED_DIR
-    info = json.loads((tiny_build.SHIPPED_DIR / "build_info.json").read_text())
+    assert tiny_paths.tiny_assets_dir() == tiny_paths.SHIPPED_DIR
+    info = json.loads((tiny_paths.SHIPPED_DIR / "build_info.json").read_text())
     assert info["recipe_version"] == tiny_build.RECIPE_VERSION and info["val_prompts"] == tiny_build.VAL_PROMPTS
     monkeypatch.setenv("POISE_VERL_CACHE", str(tmp_path))
-    assert tiny_build.tiny_assets_dir() == tmp_path / f"tiny-v{tiny_build.RECIPE_VERSION}"
+    assert tiny_paths.tiny_assets_dir() == tmp_path / f"tiny-v{tiny_paths.RECIPE_VERSION}"
+
+
+def test_resolving_the_tiny_paths_imports_neither_torch_nor_the_build():
+    """Every process that composes a config resolves ``${poise_tiny:...}``: paths only, nothing heavy."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from poise_verl.config import register_resolvers; from omegaconf import OmegaConf; "
+        "register_resolvers(); print(OmegaConf.create({'m': '${poise_tiny:model}'}).m); "
+        "print(sorted(m for m in ('torch', 'poise_verl.tiny.build') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == str(tiny_paths.tiny_assets_dir() / "model")
+    assert out[1] == "[]"

@@ -8,7 +8,7 @@ each registered through verl's own registries (no verl code is copied):
   token-in/token-out like vLLM's: it returns the response token ids and, when the request asks for
   ``logprobs``, the log-probability of each sampled token. Concurrent requests are collected until none
   has arrived for a few milliseconds and answered by one left-padded ``generate`` call
-  (:func:`poise_verl.analysis.sampling.generate_padded`; requests with different sampling settings go in
+  (:func:`poise_verl.generation.generate_padded`; requests with different sampling settings go in
   separate calls).
 - :class:`HFReplica`, the :class:`~verl.workers.rollout.replica.RolloutReplica` that launches one server per
   replica (``RolloutReplicaRegistry`` name ``hf``).
@@ -43,7 +43,7 @@ from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutMode, RolloutReplica, TokenOutput
 from verl.workers.rollout.utils import ensure_async_iterator
 
-from poise_verl.analysis.sampling import generate_padded
+from poise_verl.generation import generate_padded
 from poise_verl.verl_ext.cpu import HF_ROLLOUT
 
 logger = logging.getLogger(__name__)
