@@ -281,8 +281,9 @@ class PoiseSettings:
         return settings
 
     def check(self) -> None:
-        if self.probe_layer < 0:
-            raise ValueError(f"poise.probe_layer must be >= 0, got {self.probe_layer}")
+        problem = probe_layer_problem(self.probe_layer)
+        if problem:
+            raise ValueError(problem)
         if self.pool_last_k < 1:
             raise ValueError(f"poise.pool_last_k must be >= 1, got {self.pool_last_k}")
         if self.bootstrap_steps < 0:
@@ -335,6 +336,20 @@ def _div(a: Any, b: Any) -> int:
             "choose a budget divisible by n so every prompt gets its n rollouts"
         )
     return a // b
+
+
+def probe_layer_problem(layer: int, layers: int | None = None, model: str = "the model") -> str | None:
+    """What is wrong with ``poise.probe_layer=LAYER`` for a model of LAYERS decoder layers (None: not known yet), or
+    None. The one rule for the layer, applied where the config is read, where the launch reads the model's
+    config.json (before Ray), and in the actor's engine, which holds the model itself (a hub model, say)."""
+    if layer < 0:
+        return f"poise.probe_layer must be >= 0, got {layer}"
+    if layers is not None and layer >= layers:
+        return (
+            f"poise.probe_layer={layer}, but {model} has {layers} decoder layers: choose a layer in 0..{layers - 1} "
+            f"(the paper takes one about halfway, e.g. {layers // 2})"
+        )
+    return None
 
 
 def _tiny(relative: str) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from poise_verl.config import probe_layer_problem
 from poise_verl.verl_ext.checkpoint_guard import TRACKER_FILE, step_folders  # verl's tracker, written last
 
 # Columns verl's RLHFDataset and reward managers read from every row (besides the prompt column).
@@ -244,13 +245,10 @@ def check_model(config: DictConfig, is_poise: bool) -> list[str]:
     problems = []
     if local is not None and is_poise:
         layers = _decoder_layers(Path(local))
-        layer = int(config.poise.probe_layer)
-        if layers is not None and not 0 <= layer < layers:
-            problems.append(
-                f"poise.probe_layer={layer}, but the model at {path} has {layers} decoder layers "
-                f"(num_hidden_layers in its config.json): choose a layer in 0..{layers - 1} (the paper takes one "
-                f"about halfway, e.g. {layers // 2})"
-            )
+        where = f"the model at {path} (num_hidden_layers in its config.json)"
+        problem = probe_layer_problem(int(config.poise.probe_layer), layers, where)
+        if problem:
+            problems.append(problem)
     tokenizer_path = str(model.get("tokenizer_path") or path)
     tokenizer_dir, problem = _local_dir(tokenizer_path, "actor_rollout_ref.model.tokenizer_path")
     if problem:

@@ -26,7 +26,7 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.engine.base import EngineRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
-from poise_verl.config import POISE_ENGINE_VENDOR
+from poise_verl.config import POISE_ENGINE_VENDOR, probe_layer_problem
 from poise_verl.core.capture import PackedPoolingHook, decoder_layers
 from poise_verl.core.pooling import response_cut_at_last_marker_packed
 
@@ -64,11 +64,9 @@ class PoiseFSDPEngine(FSDPEngineWithLMHead):
         # Without remove-padding verl runs the model on right-padded (B, S) rows built from the same nested batch.
         right_padded = not tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
         layers = decoder_layers(self.module)
-        if not 0 <= int(layer_index) < len(layers):
-            raise ValueError(
-                f"poise.probe_layer={layer_index} is out of range: the model has {len(layers)} decoder layers "
-                f"(valid: 0..{len(layers) - 1})"
-            )
+        problem = probe_layer_problem(int(layer_index), len(layers), "the actor's model")
+        if problem:
+            raise ValueError(problem)
         k = int(tu.get_non_tensor_data(data=micro_batch, key=POOL_K_KEY, default=10))
         sp_size = self.ulysses_sequence_parallel_size
         sp_rank, sp_group = 0, None

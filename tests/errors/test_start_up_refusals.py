@@ -132,3 +132,16 @@ def test_the_entry_point_prints_the_refusal_as_its_last_lines(tmp_path):
     assert "budget.rollouts_per_step=100 is not a multiple of actor_rollout_ref.rollout.n=16" in tail, tail
     assert "Traceback" not in run.log and "InterpolationResolutionError" not in run.log
     assert "Started a local Ray instance" not in run.log
+
+
+def test_one_rule_for_the_probe_layer_wherever_it_is_checked():
+    """The config, the pre-Ray model check and the actor's engine (a hub model's depth is known only there) all
+    apply ``probe_layer_problem``: the same bounds and the same advice."""
+    from poise_verl.config import probe_layer_problem
+
+    assert probe_layer_problem(0, 1) is None and probe_layer_problem(19, 36) is None and probe_layer_problem(7) is None
+    assert probe_layer_problem(-1) == "poise.probe_layer must be >= 0, got -1"
+    assert probe_layer_problem(36, 36, "the actor's model") == (
+        "poise.probe_layer=36, but the actor's model has 36 decoder layers: choose a layer in 0..35 (the paper "
+        "takes one about halfway, e.g. 18)"
+    )
