@@ -1,10 +1,11 @@
-"""Prompt selection keeps the right prompts, through the trainer's own ``PromptSelection._next_train_batch``.
+"""Prompt selection keeps the right prompts, through the POISE trainer's own ``_next_train_batch``.
 
-The mixin draws ``candidates_per_prompt`` times the step's prompts from the base trainer, scores them with the
-prompt-only probes and hands only the kept ones to generation. Here the candidates are a batch built the way
-verl's ``_fetch_one_gen_batch`` builds one (``tu.get_tensordict`` of the dataloader's dict plus uids), and the
-mixin runs unchanged on a real Ray actor. Two parts stand in for what needs the whole trainer: the prompt-only
-forward of the actor worker group (``_feature_reader``) returns a feature that is just the candidate's number,
+The trainer draws ``candidates_per_prompt`` times the step's prompts from the base trainer, its ``PromptSelector``
+scores them with the prompt-only probes, and only the kept ones go to generation. Here the candidates are a batch
+built the way verl's ``_fetch_one_gen_batch`` builds one (``tu.get_tensordict`` of the dataloader's dict plus uids),
+and the selector runs unchanged on a real Ray actor. Two parts stand in for what needs the whole trainer: the
+prompt-only forward of the actor worker group (the selector's feature reader) returns a feature that is just the
+candidate's number,
 and the probe actor predicts a pass rate chosen per candidate, so the prompts that must be kept are known:
 the ``keep - round(share * keep)`` with the largest p(1 - p), plus ``round(share * keep)`` of the others.
 """
@@ -19,7 +20,8 @@ from hydra import compose, initialize_config_dir
 from verl.utils import tensordict_utils as tu
 
 from poise_verl.config import CONFIG_DIR, PoiseSettings, register_resolvers
-from poise_verl.verl_ext.trainer.selection import PromptSelection
+from poise_verl.verl_ext.trainer.poise import PoiseSteps
+from poise_verl.verl_ext.trainer.selection import PromptSelector
 
 KEEP, CANDIDATES = 8, 16
 # Predicted pass rates per candidate: the most informative (p near 1/2) sit at the END of the draw, so keeping
@@ -61,8 +63,8 @@ class Dataloader:
         return tu.get_tensordict(batch)
 
 
-class Trainer(PromptSelection, Dataloader):
-    pass
+class Trainer(PoiseSteps, Dataloader):
+    """The POISE trainer's step hooks over the stand-in dataloader (set up by hand: no workers, no Ray actors)."""
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +80,16 @@ def test_kept_prompts_are_the_most_informative_plus_the_exploration_share(ray_cl
     overrides = ["poise.selection.mode=probe", f"poise.selection.exploration_share={share}", "data.seed=3"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         config = compose("poise_trainer", overrides=overrides)
-    trainer = Trainer()
-    trainer.config, trainer.poise = config, PoiseSettings.from_config(config.poise)
-    trainer.global_steps, trainer.timing_raw = 5, {}
-    trainer._init_selection()
-    trainer.probe_worker, trainer._feature_reader = KnownPassRates.remote(), CandidateFeatures()
+    poise = PoiseSettings.from_config(config.poise)
+    trainer = Trainer.__new__(Trainer)
+    trainer.config, trainer.global_steps, trainer.timing_raw = config, 5, {}
+    trainer.selector = PromptSelector(
+        poise.selection, probe_worker=KnownPassRates.remote(), feature_reader=CandidateFeatures,
+        domain_key=poise.buffer.domain_key, n=2, probe_layer=poise.probe_layer, pool_last_k=poise.pool_last_k,
+        seed=int(config.data.seed),
+    )
     kept = trainer._next_train_batch(KEEP)
+    assert "select" in trainer.timing_raw  # the trainer times the choice
 
     chosen = [int(uid.split("-")[1]) for uid in kept["uid"]]
     assert len(chosen) == len(set(chosen)) == KEEP
@@ -96,4 +102,4 @@ def test_kept_prompts_are_the_most_informative_plus_the_exploration_share(ray_cl
     assert chosen[: KEEP - explore] == best  # the best come first, in order of p(1 - p)
     others = set(chosen) - set(best)
     assert len(others) == explore  # and exactly the exploration share comes from the rest
-    assert trainer._kept[f"uid-{chosen[0]}"]["predicted"] == pytest.approx(PASS_RATES[chosen[0]])
+    assert trainer.selector._kept[f"uid-{chosen[0]}"]["predicted"] == pytest.approx(PASS_RATES[chosen[0]])

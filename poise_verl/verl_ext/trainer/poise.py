@@ -49,7 +49,7 @@ from poise_verl.verl_ext.feature_dump import write_step_dump
 from poise_verl.verl_ext.probe_worker import ProbeWorker, ReplayBufferActor
 from poise_verl.verl_ext.step_predictions import StepPredictions, step_predictions
 from poise_verl.verl_ext.trainer.checked_sync import CheckedSyncTrainer, to_list
-from poise_verl.verl_ext.trainer.selection import PromptSelection
+from poise_verl.verl_ext.trainer.selection import PromptSelector
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ class StepRollouts:
         return self.valid & ~self.lone
 
 
-class PoiseSteps(PromptSelection):
+class PoiseSteps:
     """POISE's hooks on verl's trainer step: feature capture, probe baselines, the refit after the advantages,
-    optional prompt selection (``PromptSelection``) and POISE's state in checkpoints. Mixed into verl's sync
+    optional prompt selection (a :class:`PromptSelector`) and POISE's state in checkpoints. Mixed into verl's sync
     trainer (:class:`PoiseTrainer`) and into its colocated asynchronous one
     (:class:`poise_verl.verl_ext.trainer.colocate_async.PoiseColocateAsyncTrainer`)."""
 
@@ -102,7 +102,16 @@ class PoiseSteps(PromptSelection):
         self.probe_worker = ProbeWorker.remote(
             self.poise.probe, domains, self.poise.min_fit_rows, prompt_min_fit_rows
         )
-        self._init_selection()
+        self.selector = PromptSelector(
+            self.poise.selection,
+            probe_worker=self.probe_worker,
+            feature_reader=self._prompt_feature_reader,
+            domain_key=self.poise.buffer.domain_key,
+            n=n,
+            probe_layer=self.poise.probe_layer,
+            pool_last_k=self.poise.pool_last_k,
+            seed=int(config.data.get("seed", 0) or 0),
+        )
         self._pending_refit = None  # (rows-held ref, refit-metrics ref) of the refit issued this step
         self._rloo_domains: set[str] = set()  # domains on RLOO after the bootstrap, announced in the log
         self._lone_announced = False  # rollouts without a sibling (failed generations), announced once
@@ -113,6 +122,28 @@ class PoiseSteps(PromptSelection):
         super()._init_tokenizer()
         # The start-up check (preflight) refuses the same markers before Ray, naming the tokenizer's folder.
         self.end_of_thinking_ids = end_of_thinking_ids(self.tokenizer, self.poise.end_of_thinking_token)
+
+    def _prompt_feature_reader(self):
+        from poise_verl.verl_ext.prompt_features import PromptFeatureReader
+
+        ranks = self.actor_rollout_wg._query_dispatch_info("actor")
+        return PromptFeatureReader(self.config, self.tokenizer, self.actor_rollout_wg, max(ranks) + 1)
+
+    # ---------------------------------------------------------------- the step's prompts
+    def _next_train_batch(self, num_prompts: int | None = None):
+        """verl's next prompts, or with ``poise.selection`` on, the selector's pick of more candidates."""
+        keep = int(num_prompts or self.config.data.train_batch_size)
+        draw = self.selector.candidates_to_draw(keep)
+        if draw is None:
+            return super()._next_train_batch(num_prompts)
+        candidates = super()._next_train_batch(draw)
+        with marked_timer("select", self.timing_raw, color="purple"):
+            return self.selector.choose(candidates, keep, self.global_steps)
+
+    def prepare_step(self) -> dict:
+        metrics = super().prepare_step()
+        metrics.update(self.selector.take_metrics())
+        return metrics
 
     # ---------------------------------------------------------------- old log-probs + features
     def _compute_old_log_prob(self, batch, metrics):
@@ -156,7 +187,7 @@ class PoiseSteps(PromptSelection):
         if self.poise.feature_dump_dir:
             self._dump_step(batch, rollouts, predictions, fitted, from_probe)
         metrics.update(
-            self._selection_outcome_metrics(
+            self.selector.record_outcome(
                 rollouts.uids[paired.numpy()], rollouts.rewards[paired], rollouts.prompt[paired]
             )
         )
@@ -342,7 +373,7 @@ class PoiseSteps(PromptSelection):
             "probe": ray.get(self.probe_worker.state_dict.remote()),
             "buffer": ray.get(self.replay_buffer_actor.state_dict.remote()),
             "settings": asdict(self.poise),
-            "selection": self._selection_state(),
+            "selection": self.selector.state_dict(),
         }
         tmp = os.path.join(folder, POISE_STATE_FILE + ".tmp")
         torch.save(state, tmp)
@@ -362,7 +393,7 @@ class PoiseSteps(PromptSelection):
         state = torch.load(path, weights_only=False)
         ray.get(self.probe_worker.load_state_dict.remote(state["probe"]))
         ray.get(self.replay_buffer_actor.load_state_dict.remote(state["buffer"]))
-        self._load_selection_state(state.get("selection"))
+        self.selector.load_state_dict(state.get("selection"))
         logger.warning(
             "Restored POISE state from %s (%s buffer rows)",
             path,
