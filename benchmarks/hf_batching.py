@@ -3,7 +3,7 @@
     python -m benchmarks.hf_batching [--requests 15] [--quiet-ms 50] [--gaps-ms 5,10,25,50,100] [--out FILE]
 
 verl's agent loop sends a step's requests one after another; the ``hf`` rollout server
-(``poise_verl.verl_ext.cpu.hf_rollout``) puts them into one ``generate`` while each next one arrives within its
+(``poise_verl.verl_ext.cpu.hf_server``) puts them into one ``generate`` while each next one arrives within its
 quiet period (``batch_wait_s``). tests/verl_ext/test_hf_rollout_server.py checks that rule on a virtual clock,
 where sleeps take no time and their order is exact; this runs it on the real one, with real ``asyncio.sleep``
 gaps, on the shipped tiny policy: for each gap between requests, the generate calls' batch sizes and the time
@@ -28,7 +28,7 @@ def make_server(quiet_s: float):
 
     import poise_verl.verl_ext.cpu  # noqa: F401  (registers platform and rollout)
     from poise_verl.tiny.build import ensure_tiny_assets
-    from poise_verl.verl_ext.cpu.hf_rollout import HFRolloutServer
+    from poise_verl.verl_ext.cpu.hf_server import HFRolloutServer
 
     config = RolloutConfig(
         name="hf", prompt_length=16, response_length=8, tensor_model_parallel_size=1, dtype="float32"

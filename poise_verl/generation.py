@@ -2,7 +2,7 @@
 
 :func:`generate_padded` (one left-padded ``generate`` call, optionally recording each sampled token's
 log-probability, stoppable mid-way) and :func:`generate_hf` (``n`` samples per prompt in batches of rows). The CPU
-rollout server (``poise_verl.verl_ext.cpu.hf_rollout``), the tiny build (``poise_verl.tiny.sampling``), the
+rollout server (``poise_verl.verl_ext.cpu.hf_server``), the tiny build (``poise_verl.tiny.sampling``), the
 evaluation command and the evidence commands (``poise_verl.analysis``) all generate through them.
 
 Responses are token lists ending at (and including) the first stop token; a response without one hit the

@@ -170,6 +170,7 @@ REGISTRY_MODULES = [
     "poise_verl.verl_ext.capture_engine",
     "poise_verl.verl_ext.trainer.poise",
     "poise_verl.verl_ext.cpu.hf_rollout",
+    "poise_verl.verl_ext.cpu.hf_server",
 ]
 
 
@@ -195,7 +196,7 @@ def test_loading_the_entry_points_imports_no_registry_until_it_is_used():
         "from verl.trainer.ppo.v1 import get_trainer_cls\n"
         "assert get_trainer_cls('poise_colocate_async').__name__ == 'PoiseColocateAsyncTrainer'"
     )
-    assert set(REGISTRY_MODULES) - {"poise_verl.verl_ext.cpu.hf_rollout"} <= set(used)
+    assert set(REGISTRY_MODULES) - {"poise_verl.verl_ext.cpu.hf_rollout", "poise_verl.verl_ext.cpu.hf_server"} <= set(used)
 
 
 def test_the_probe_workers_import_no_verl():

@@ -15,7 +15,7 @@ import torch
 from verl.workers.rollout.replica import RolloutMode
 
 import poise_verl.verl_ext.cpu  # noqa: F401  (registers platform and rollout)
-from poise_verl.verl_ext.cpu.hf_rollout import HFRolloutServer
+from poise_verl.verl_ext.cpu.hf_server import HFRolloutServer
 
 
 def make_server(tiny_task, **rollout) -> HFRolloutServer:

@@ -5,9 +5,9 @@ entry point (``pyproject.toml``). Importing it registers, in that process:
 
 - the verl platform ``cpu`` (:mod:`.platform`): device ``"cpu"``, plain ``gloo`` collectives, no-op
   device-memory and device-RNG calls; selected with ``VERL_PLATFORM=cpu``;
-- the rollout ``hf`` (:mod:`.hf_rollout`): a transformers ``generate`` server that batches concurrent
-  requests, its replica, and the actor-side adapter that syncs weights from the actor every step; selected
-  with ``actor_rollout_ref.rollout.name=hf``;
+- the rollout ``hf`` (:mod:`.hf_rollout`): its replica and the actor-side adapter that syncs weights from the
+  actor every step, around a transformers ``generate`` server that batches concurrent requests
+  (:mod:`.hf_server`); selected with ``actor_rollout_ref.rollout.name=hf``;
 - the checkpoint engine ``gloo`` (:mod:`.gloo_checkpoint_engine`): the weight sync of verl's fully asynchronous
   trainer (``separate_async``) without NCCL; selected with ``actor_rollout_ref.rollout.checkpoint_engine.backend``;
 - in a process that runs on this platform (``VERL_PLATFORM=cpu``) only: verl's FSDP engines for device

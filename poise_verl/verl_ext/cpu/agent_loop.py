@@ -6,7 +6,7 @@ three calls per rollout cost more than generating a tiny model's response. Two p
 own extension points, send a step's requests together instead:
 
 - :class:`HFServerClient`, an ``LLMServerClient`` (verl's client class; the agent loop calls its ``generate``
-  per rollout) that collects the requests arriving together (:class:`~.hf_rollout.QuietBatcher`) and sends them
+  per rollout) that collects the requests arriving together (:class:`~.batching.QuietBatcher`) and sends them
   to one hf server in one ``generate_many`` call, taking the servers in turn. An hf server keeps no prefix cache,
   so the load balancer's sticky sessions buy nothing here;
 - :class:`HFFullyAsyncServerClient`, the same transport under verl's asynchronous trainers: verl's
@@ -29,7 +29,7 @@ from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ
 from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient, LLMServerClient
 from verl.workers.rollout.replica import TokenOutput
 
-from poise_verl.verl_ext.cpu.hf_rollout import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_DELAY_S, QuietBatcher
+from poise_verl.verl_ext.cpu.batching import DEFAULT_BATCH_WAIT_S, DEFAULT_MAX_BATCH_DELAY_S, QuietBatcher
 
 
 class HFServerClient(LLMServerClient):
