@@ -219,10 +219,10 @@ def workers_temp_dir(config: DictConfig):
     through ``ray.init``'s runtime_env; the driver keeps its own, so Ray's session folder stays where Ray puts it.
     torch's compile cache, which lives in the temporary folder by default, is kept where it was so that it
     outlives the run. A ``TMPDIR`` the config sets for the workers is left alone, and so is a run that joins a
-    running cluster (``ray_init.address``): the folder would not exist on its other nodes.
+    running cluster (``ray_init.address`` or ``RAY_ADDRESS``): the folder would not exist on its other nodes.
     """
     env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars  # prepare() made them
-    if "TMPDIR" in env_vars or config.ray_kwargs.ray_init.get("address"):
+    if "TMPDIR" in env_vars or cluster_address(config):
         yield None
         return
     folder = tempfile.mkdtemp(prefix="poise-verl-run-")

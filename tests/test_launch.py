@@ -84,6 +84,32 @@ def test_joining_a_cluster_leaves_resources_to_its_nodes(prepared, monkeypatch, 
     assert config.ray_kwargs.ray_init.runtime_env.env_vars["VERL_PLATFORM"] == "cpu"
 
 
+@pytest.mark.parametrize("how", ["local", "config", "environment"])
+def test_the_workers_temp_folder_is_the_runs_own_only_on_a_local_cluster(prepared, monkeypatch, how):
+    """verl's workers leave lock files in their temp folder: on a cluster this launch starts they get one of the run's
+    own, removed when the run ends; a run joining a running cluster leaves theirs alone (the folder would not exist on
+    the other nodes), whether the address comes from the config or from RAY_ADDRESS."""
+    from poise_verl.launch import workers_temp_dir
+
+    if how == "config":
+        config = prepared("+ray_kwargs.ray_init.address=10.0.0.1:6379")
+    elif how == "environment":
+        monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+        config = prepared()
+    else:
+        config = prepared("+ray_kwargs.ray_init.address=local")
+    env_vars = config.ray_kwargs.ray_init.runtime_env.env_vars
+    with workers_temp_dir(config) as folder:
+        if how == "local":
+            assert env_vars["TMPDIR"] == folder and os.path.isdir(folder)
+            cache = env_vars.get("TORCHINDUCTOR_CACHE_DIR") or os.environ["TORCHINDUCTOR_CACHE_DIR"]
+            assert not cache.startswith(folder)  # the compile cache outlives the run
+        else:
+            assert folder is None and "TMPDIR" not in env_vars
+    if folder is not None:
+        assert not os.path.exists(folder)
+
+
 def test_a_launch_whose_verl_skipped_the_plugins_stops_with_the_reason():
     """verl swallows plugin import errors and honours VERL_USE_EXTERNAL_PLUGINS; the launcher says so instead of
     failing later inside a worker with an unknown estimator or platform."""
