@@ -36,7 +36,7 @@ class Response:
     aborted: bool = False
 
 
-def _cut(tokens: list[int], stop_ids: set[int], budget: int) -> tuple[int, bool]:
+def cut_response(tokens: list[int], stop_ids: set[int], budget: int) -> tuple[int, bool]:
     """(length, truncated) of a response: up to its first stop token (inclusive) within ``budget`` tokens."""
     for position, token in enumerate(tokens[:budget]):
         if token in stop_ids:
@@ -157,7 +157,7 @@ def generate_padded(
     token_log_probs = torch.stack(recorder.sampled_log_probs, dim=1).tolist() if recorder else None
     responses = []
     for row, tokens in enumerate(generated):
-        length, truncated = _cut(tokens, stops, budgets[row])
+        length, truncated = cut_response(tokens, stops, budgets[row])
         # Ended by ``stop`` rather than by a stop token or its budget: generated is then shorter than the budget.
         aborted = stopped and truncated and length < budgets[row]
         responses.append(

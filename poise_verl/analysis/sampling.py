@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 
 from poise_verl.analysis.prompts import PromptRow
-from poise_verl.generation import Response, _cut
+from poise_verl.generation import Response, cut_response
 
 
 def generate_vllm(
@@ -50,7 +50,7 @@ def generate_vllm(
         group = []
         for completion in output.outputs:
             tokens = list(completion.token_ids)
-            length, _ = _cut(tokens, eos, len(tokens))
+            length, _ = cut_response(tokens, eos, len(tokens))
             # vLLM may stop on a stop token without returning it; "length" is the only truncation.
             group.append(Response(tokens[:length], truncated=completion.finish_reason == "length"))
         results.append(group)
