@@ -60,19 +60,10 @@ def _main_command(sigint_ignored: bool) -> list[str]:
     return [sys.executable, "-m", "poise_verl.main"]
 
 
-# torch's compile cache, shared by the launches of one test session (under its TMPDIR, which `make test` removes),
-# as a user's launches share torch's default one: vLLM's CPU sampler compiles its kernels with inductor, a C++
-# compile of several CPU-seconds that a launch with a cache of its own would redo every time.
-COMPILE_CACHE = os.path.join(tempfile.gettempdir(), "poise-test-torchinductor")
-
-
 def launch_env(temp_dir: str, **extra: str) -> dict[str, str]:
-    """The environment of a launch: the test's own, unbuffered output, wandb offline, a temp folder of the
-    launch's own (``TMPDIR``: verl's checkpoint lock files, sockets), removed after it, and the session's compile
-    cache."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", TMPDIR=temp_dir, **extra)
-    env.setdefault("TORCHINDUCTOR_CACHE_DIR", COMPILE_CACHE)
-    return env
+    """The environment of a launch: the test's own, unbuffered output, wandb offline, and a temp folder of the
+    launch's own (``TMPDIR``: verl's checkpoint lock files, torch's compile cache, sockets), removed after it."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", TMPDIR=temp_dir, **extra)
 
 
 def run_main(
