@@ -457,6 +457,7 @@ def validate(config: DictConfig) -> None:
             )
         _check_algorithm_keys_under_poise(config.algorithm)
     _check_micro_batches(config, n)
+    _check_token_budgets(config)
     _check_sequence_parallel_attention(config)
     if mode in (TrainerMode.CHECKED_SEPARATE_ASYNC, TrainerMode.POISE_SEPARATE_ASYNC):
         _check_separate_async(config)
@@ -553,6 +554,35 @@ def _check_micro_batches(config: DictConfig, n: int) -> None:
                 f"{OmegaConf.select(config, 'budget.rollouts_per_step')}, n={n}, {world} rank(s)): set it to a "
                 f"divisor such as {', '.join(map(str, divisors))}, or drop the override (the default follows the "
                 "budget)"
+            )
+
+
+# The length of the rows verl adds to pad a batch to a size its ranks and mini-batches divide
+# (verl/trainer/ppo/padding_utils.py, SYNTHETIC_PADDING_SEQ_LEN).
+VERL_PADDING_ROW_TOKENS = 128
+TOKEN_BUDGETS = [  # (the switch, the budget it sizes micro-batches by)
+    ("actor_rollout_ref.actor.use_dynamic_bsz", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu"),
+    ("actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu"),
+    ("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu"),
+]
+
+
+def _check_token_budgets(config: DictConfig) -> None:
+    """With dynamic batch sizes verl packs rows into micro-batches of at most N tokens per GPU and asserts, mid-run,
+    when one row is longer ("max_token_len must be greater than the sequence length"): at the first long response,
+    or the first time it pads a batch (a failed generation, a batch its ranks do not divide). Say it here."""
+    longest = int(config.data.max_prompt_length) + int(config.data.max_response_length)
+    needed = max(longest, VERL_PADDING_ROW_TOKENS)
+    sequence_parallel = int(OmegaConf.select(config, "actor_rollout_ref.actor.ulysses_sequence_parallel_size") or 1)
+    for switch, key in TOKEN_BUDGETS:
+        budget = OmegaConf.select(config, key)
+        if not OmegaConf.select(config, switch) or budget is None:
+            continue
+        if int(budget) * sequence_parallel < needed:
+            raise ValueError(
+                f"{key}={budget} tokens is less than the longest row verl may put in one micro-batch ({needed}: "
+                f"data.max_prompt_length + data.max_response_length = {longest}, and verl's padding rows are "
+                f"{VERL_PADDING_ROW_TOKENS} tokens) with {switch}=true: set it to at least {needed}"
             )
 
 

@@ -70,3 +70,30 @@ def test_micro_batches_follow_the_ranks():
     assert config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu == 48
     with pytest.raises(Exception, match=r"do not split evenly over 4 rank\(s\)"):
         compose_config("budget.rollouts_per_step=98", "trainer.n_gpus_per_node=4")
+
+
+@pytest.mark.parametrize(
+    "switch, key",
+    [
+        ("actor_rollout_ref.actor.use_dynamic_bsz", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu"),
+        ("actor_rollout_ref.rollout.log_prob_use_dynamic_bsz",
+         "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu"),
+        ("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu"),
+    ],
+)
+def test_a_token_budget_shorter_than_a_row_is_refused_before_the_run(switch, key):
+    """verl asserts mid-run when a row outgrows the micro-batch token budget: at the first long response, or the
+    first 128-token row it adds to pad a batch (a failed generation is enough). Refused at start instead."""
+    longest = ["data.max_prompt_length=64", "data.max_response_length=200"]
+    with pytest.raises(ValueError) as refused:
+        validate(compose_config(f"{switch}=true", f"{key}=263", *longest))
+    assert str(refused.value) == (
+        f"{key}=263 tokens is less than the longest row verl may put in one micro-batch (264: "
+        "data.max_prompt_length + data.max_response_length = 264, and verl's padding rows are 128 tokens) with "
+        f"{switch}=true: set it to at least 264"
+    )
+    validate(compose_config(f"{switch}=true", f"{key}=264", *longest))
+    # The tiny default's rows are 40 tokens at most; verl's padding rows still need 128.
+    with pytest.raises(ValueError, match=r"=127 tokens is less than .* \(128: .* = 40, .*set it to at least 128$"):
+        validate(compose_config(f"{switch}=true", f"{key}=127"))
+    validate(compose_config(f"{switch}=false", f"{key}=127"))  # no dynamic batch sizes: the budget is unused
