@@ -122,6 +122,34 @@ def _run_main_once(args, workdir, timeout, small, sigint_ignored, env) -> Run:
     return Run(out.returncode, log, checkpoint_dir)
 
 
+def run_verl_main(args: list[str], workdir: Path, platform: str = "cpu", timeout: int = 900) -> Run:
+    """verl's own entry point, ``python -m verl.trainer.main_ppo --config-dir hydra_configs +platform=PLATFORM
+    ARGS``, in WORKDIR: verl's config, with nothing of poise-verl but the CPU platform file and the plugins that
+    ``import verl`` loads. Metrics go to WORKDIR/ckpt/metrics through verl's ``file`` logger, as for
+    :func:`run_main`; no ``VERL_*`` variable of this process reaches it (the platform file sets its own)."""
+    ray_dir = tempfile.mkdtemp(prefix="ray")  # under TMPDIR, short: Ray's socket paths
+    checkpoint_dir = workdir / "ckpt"
+    command = [
+        sys.executable, "-m", "verl.trainer.main_ppo", f"--config-dir={REPO / 'hydra_configs'}", f"+platform={platform}",
+        *args, "trainer.logger=[console,file]", f"trainer.default_local_dir={checkpoint_dir}",
+        f"+ray_kwargs.ray_init._temp_dir={ray_dir}",
+    ]
+    env = {key: value for key, value in launch_env(ray_dir).items() if not key.startswith("VERL_")}
+    env["VERL_FILE_LOGGER_PATH"] = str(checkpoint_dir / "metrics" / "verl_main_ppo.jsonl")
+    (checkpoint_dir / "metrics").mkdir(parents=True, exist_ok=True)  # verl's file logger opens the file only
+    # verl's entry point starts Ray itself: its workers at the niceness of other work (as the project's launcher
+    # sets them from runtime.ray_worker_niceness), or they starve on a busy machine.
+    env.setdefault("RAY_worker_niceness", "0")
+    try:
+        out = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
+                             check=False)
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    log = out.stdout + out.stderr
+    (workdir / f"log-{len(list(workdir.glob('log-*')))}.txt").write_text(log)
+    return Run(out.returncode, log, checkpoint_dir)
+
+
 def compose_config(*overrides: str, resolve: bool = True):
     """The main job's config for OVERRIDES, as `python -m poise_verl.main` composes it (no launch)."""
     from hydra import compose, initialize_config_dir

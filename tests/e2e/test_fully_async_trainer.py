@@ -45,7 +45,7 @@ COMMON = ["trainer.val_before_train=false", "trainer.test_freq=-1"]
 STALENESS = "training/off_policy/trajectory_staleness_worst/max"
 OVERLAP_KEYS = ["separate_async/trainer_wait_share", "separate_async/rollout_weight_wait_share"]
 ASYNC_KEYS = [STALENESS, "training/off_policy/trajectory_spans/max", "rollout/partial_share", *OVERLAP_KEYS]
-FEATURE_TOLERANCE = 1e-5  # float32 on both sides, as in test_gpu_layout.py
+FEATURE_TOLERANCE = 1e-5  # float32 on both sides, as in test_two_node_cluster.py
 LOG_PROB_TOLERANCE = 1e-4  # the server's generate and a plain forward, float32
 STOP_BOUND_S = 90  # bounds on behaviour for a loaded 2-core machine, not benchmarks
 STEP_BOUND_S = 900

@@ -2,8 +2,9 @@
 worker calls) builds the manager from the composed config, and its ``run_single`` scores a real DataProto
 shaped as verl's agent loop sends it, decoded with the tiny policy's tokenizer.
 
-The end-to-end tests (test_reward_failures.py) show the same messages as the last lines of a run; these pin
-the three cases apart: the function raised, verl's manager raised around it, the function did not return.
+The end-to-end test (tests/e2e/test_async_trainer.py, its GRPO launch) shows the same message as a run's last
+lines; these pin the three cases apart: the function raised, verl's manager raised around it, the function did not
+return.
 The trainer's own backstop behind an unguarded manager is the one test here that starts Ray: its advantage stage
 reads the rewards from verl's TransferQueue, which lives in Ray actors.
 """
