@@ -1,4 +1,5 @@
-"""From a composed config to a running verl trainer: environment, validation, Ray, verl's TaskRunner.
+"""From a composed config to a running verl trainer: the start-up checks (``poise_verl.startup``), the runtime
+environment, Ray, verl's TaskRunner, and the run's last lines.
 
 The POISE pieces reach every process through one hook: ``import verl`` imports the modules of the package's
 ``verl.plugins`` entry points (``pyproject.toml``) in the driver and in each Ray worker, which registers the
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import importlib
 import os
 import re
 import shutil
@@ -23,9 +23,9 @@ import time
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import InterpolationResolutionError
 
-from poise_verl.config import POISE_ENGINE_VENDOR, TrainerMode, validate
-
-PLUGIN_GROUP = "verl.plugins"
+from poise_verl.config import POISE_ENGINE_VENDOR, TrainerMode
+from poise_verl.startup.environment import check_hardware, check_plugins_loaded
+from poise_verl.startup.rules import validate
 
 
 def runtime_env_vars(config: DictConfig) -> dict[str, str]:
@@ -36,49 +36,6 @@ def runtime_env_vars(config: DictConfig) -> dict[str, str]:
     if config.trainer.v1.trainer_mode in TrainerMode.POISE_MODES:
         env["VERL_ENGINE_VENDOR"] = POISE_ENGINE_VENDOR
     return env
-
-
-def check_plugins_loaded() -> None:
-    """Stop with a message when ``import verl`` did not load poise-verl's plugins.
-
-    verl imports each ``verl.plugins`` entry point and swallows any error (it logs at debug level), so a plugin
-    that fails to import, or ``VERL_USE_EXTERNAL_PLUGINS`` leaving it out, would only show later as an unknown
-    estimator, trainer mode, platform or rollout deep inside a worker.
-    """
-    from importlib.metadata import entry_points
-
-    import verl  # noqa: F401  loads the entry points
-
-    ours = [ep for ep in entry_points(group=PLUGIN_GROUP) if ep.value.split(":")[0].split(".")[0] == "poise_verl"]
-    if not ours:
-        raise SystemExit(
-            f"poise-verl's {PLUGIN_GROUP} entry points are not installed: install the package "
-            "(`pip install -e .` in the checkout, or `make run`) instead of running it from a source path"
-        )
-    missing = [ep for ep in ours if ep.value.split(":")[0] not in sys.modules]
-    for ep in missing:
-        importlib.import_module(ep.value.split(":")[0])  # raises the error verl swallowed, if there is one
-    if missing:
-        policy = os.environ.get("VERL_USE_EXTERNAL_PLUGINS", "auto")
-        raise SystemExit(
-            f"verl did not load the plugins {[ep.name for ep in missing]} (VERL_USE_EXTERNAL_PLUGINS={policy!r}): "
-            "unset VERL_USE_EXTERNAL_PLUGINS, or list these names in it"
-        )
-
-
-def check_hardware(config: DictConfig) -> None:
-    """A GPU recipe launched without a GPU stops at once, saying what is missing."""
-    if config.runtime.platform != "gpu":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SystemExit(
-            "This configuration needs NVIDIA GPUs (runtime.platform=gpu, trainer.device="
-            f"{config.trainer.device}, {config.trainer.nnodes} node(s) x {config.trainer.n_gpus_per_node} GPU(s)), "
-            "but torch sees no CUDA device here. Run it on a GPU node (see docker/README.md), or drop the recipe "
-            "to run the tiny CPU default."
-        )
 
 
 def cluster_address(config: DictConfig) -> str | None:
@@ -152,7 +109,7 @@ def prepare(config: DictConfig) -> DictConfig:
     A configuration that cannot work stops here, before Ray, with the same "stopped before starting Ray" list
     the data and model checks print, and no traceback (``PreflightError``).
     """
-    from poise_verl.preflight import PreflightError
+    from poise_verl.startup import PreflightError
 
     try:
         OmegaConf.resolve(config)  # only the driver knows poise-verl's resolvers
@@ -190,7 +147,7 @@ def prepare(config: DictConfig) -> DictConfig:
 def run(config: DictConfig) -> None:
     started = time.monotonic()
     config = prepare(config)
-    from poise_verl.preflight import preflight
+    from poise_verl.startup import preflight
 
     preflight(config)  # data, model, tokenizer, checkpoint and reward files: every problem, before Ray starts
     from verl.trainer.main_ppo import TaskRunnerV1, run_ppo

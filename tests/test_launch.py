@@ -116,7 +116,7 @@ def test_a_launch_whose_verl_skipped_the_plugins_stops_with_the_reason():
     import subprocess
     import sys
 
-    code = "from poise_verl.launch import check_plugins_loaded; check_plugins_loaded(); print('loaded')"
+    code = "from poise_verl.startup.environment import check_plugins_loaded; check_plugins_loaded(); print('loaded')"
     for policy, loaded in (("none", False), ("auto", True)):
         env = dict(os.environ, VERL_USE_EXTERNAL_PLUGINS=policy)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180, check=False)

@@ -50,7 +50,7 @@ from flaky_agent_loop import failures, flaky_env
 from flaky_agent_loop import overrides as flaky_overrides
 from step_dumps import assert_rows_pair_with_their_siblings, replay_probe_predictions
 
-from poise_verl.preflight import check_resume
+from poise_verl.startup.resume import check_resume
 from poise_verl.tiny.tokenizer import THINK_END, build_tokenizer
 from poise_verl.verl_ext.checkpoint_guard import TRACKER_FILE
 from poise_verl.verl_ext.feature_dump import load_step_dumps

@@ -33,7 +33,7 @@ from e2e_runner import (
 from safetensors.torch import load_file
 from step_dumps import replay_probe_predictions
 
-from poise_verl.preflight import check_resume
+from poise_verl.startup.resume import check_resume
 from poise_verl.verl_ext.feature_dump import load_step_dumps
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]

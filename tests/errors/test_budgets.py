@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 from e2e_runner import compose_config
 
-from poise_verl.config import validate
+from poise_verl.startup.rules import validate
 
 MAX_BUDGET = 1024
 

@@ -18,15 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 from e2e_runner import compose_config, last_lines, run_main
 
-from poise_verl.preflight import (
-    PreflightError,
+from poise_verl.startup import PreflightError, preflight
+from poise_verl.startup.inputs import (
     check_data_file,
     check_model,
     check_prompt_lengths,
-    check_resume,
     check_reward_function,
-    preflight,
 )
+from poise_verl.startup.resume import check_resume
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -17,7 +17,7 @@ import verl  # noqa: F401  (sets RAY_CLIENT_MODE, LAZY_LEGACY_OP, ... at import)
 from e2e_runner import compose_config, last_lines, run_main
 
 from poise_verl.launch import prepare
-from poise_verl.preflight import PreflightError
+from poise_verl.startup import PreflightError
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -112,11 +112,11 @@ ids = [f"{recipe}-{algo}" for recipe, algo in ALL]
 @pytest.mark.filterwarnings("ignore:Disabled critic")  # verl's notice that GRPO-style estimators need none
 @pytest.mark.parametrize("config", ALL, ids=ids, indirect=True)
 def test_recipe_composes_and_passes_start_up_validation(config):
-    """poise_verl.config.validate and verl's validate_config (what the launcher runs before Ray) accept it."""
+    """poise_verl.startup.rules.validate and verl's validate_config (what the launcher runs before Ray) accept it."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from poise_verl.config import validate
+    from poise_verl.startup.rules import validate
 
     validate(config)
     validate_config(
@@ -325,7 +325,7 @@ def test_composing_a_gpu_recipe_does_not_build_the_tiny_assets(monkeypatch, tmp_
 def test_check_hardware_refuses_to_start_without_a_gpu(tiny_cache, recipe):
     import torch
 
-    from poise_verl.launch import check_hardware
+    from poise_verl.startup.environment import check_hardware
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device: the check has nothing to refuse")
@@ -430,7 +430,7 @@ def test_the_asynchronous_switch_changes_only_the_trainer_and_the_correction(tin
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from poise_verl.config import validate
+    from poise_verl.startup.rules import validate
 
     asynchronous, synchronous = _composed(recipe, algo), _composed(recipe, ASYNC_OF[algo])
     validate(asynchronous)
@@ -471,7 +471,8 @@ def test_the_fully_asynchronous_switch_with_a_documented_split(tiny_cache, recip
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    from poise_verl.config import register_resolvers, validate
+    from poise_verl.config import register_resolvers
+    from poise_verl.startup.rules import validate
 
     register_resolvers()
     trainer_gpus, rollout_gpus = FULLY_ASYNC_SPLITS[split]
