@@ -82,11 +82,25 @@ def run_main(
     the entry point does). ``env``: more environment variables. A launch that lost a port to the launch running
     beside it (:func:`_lost_a_port_race`, a race in verl, not in the run) is launched once more.
     """
-    for attempt in range(2):
-        run = _run_main_once(args, workdir, timeout, small, sigint_ignored, env)
-        if not _lost_a_port_race(run) or attempt:
-            return run
-        print(f"run_main: a port verl had picked was taken before it bound it; launching again ({workdir})")
+    return _launched_twice_if_a_port_was_lost(
+        lambda: _run_main_once(args, workdir, timeout, small, sigint_ignored, env), workdir
+    )
+
+
+def run_verl_main(args: list[str], workdir: Path, platform: str = "cpu", timeout: int = 900) -> Run:
+    """verl's own entry point, ``python -m verl.trainer.main_ppo --config-dir hydra_configs +platform=PLATFORM
+    ARGS``, in WORKDIR: verl's config, with nothing of poise-verl but the CPU platform file and the plugins that
+    ``import verl`` loads. Metrics go to WORKDIR/ckpt/metrics through verl's ``file`` logger, as for
+    :func:`run_main`; no ``VERL_*`` variable of this process reaches it (the platform file sets its own)."""
+    return _launched_twice_if_a_port_was_lost(lambda: _run_verl_main_once(args, workdir, platform, timeout), workdir)
+
+
+def _launched_twice_if_a_port_was_lost(launch, workdir: Path) -> Run:
+    """LAUNCH(), and once more if it lost a port to the launch running beside it (:func:`_lost_a_port_race`)."""
+    run = launch()
+    if _lost_a_port_race(run):
+        print(f"a port verl had picked was taken before it bound it; launching again ({workdir})")
+        run = launch()
     return run
 
 
@@ -98,35 +112,13 @@ def _lost_a_port_race(run: Run) -> bool:
 
 def _run_main_once(args, workdir, timeout, small, sigint_ignored, env) -> Run:
     ray_dir = tempfile.mkdtemp(prefix="ray")  # under TMPDIR, short: Ray's socket paths
-    checkpoint_dir = workdir / "ckpt"
-    command = [
-        *_main_command(sigint_ignored), *small, *args,
-        f"trainer.default_local_dir={checkpoint_dir}",
-    ]
+    command = [*_main_command(sigint_ignored), *small, *args, f"trainer.default_local_dir={workdir / 'ckpt'}"]
     if not any("ray_init.address=" in arg for arg in args):
         command.append(f"+ray_kwargs.ray_init._temp_dir={ray_dir}")
-    try:
-        out = subprocess.run(
-            command,
-            cwd=workdir,
-            env=launch_env(ray_dir, **(env or {})),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    finally:
-        shutil.rmtree(ray_dir, ignore_errors=True)
-    log = out.stdout + out.stderr
-    (workdir / f"log-{len(list(workdir.glob('log-*')))}.txt").write_text(log)
-    return Run(out.returncode, log, checkpoint_dir)
+    return _run(command, workdir, launch_env(ray_dir, **(env or {})), timeout, ray_dir)
 
 
-def run_verl_main(args: list[str], workdir: Path, platform: str = "cpu", timeout: int = 900) -> Run:
-    """verl's own entry point, ``python -m verl.trainer.main_ppo --config-dir hydra_configs +platform=PLATFORM
-    ARGS``, in WORKDIR: verl's config, with nothing of poise-verl but the CPU platform file and the plugins that
-    ``import verl`` loads. Metrics go to WORKDIR/ckpt/metrics through verl's ``file`` logger, as for
-    :func:`run_main`; no ``VERL_*`` variable of this process reaches it (the platform file sets its own)."""
+def _run_verl_main_once(args, workdir, platform, timeout) -> Run:
     ray_dir = tempfile.mkdtemp(prefix="ray")  # under TMPDIR, short: Ray's socket paths
     checkpoint_dir = workdir / "ckpt"
     command = [
@@ -140,6 +132,11 @@ def run_verl_main(args: list[str], workdir: Path, platform: str = "cpu", timeout
     # verl's entry point starts Ray itself: its workers at the niceness of other work (as the project's launcher
     # sets them from runtime.ray_worker_niceness), or they starve on a busy machine.
     env.setdefault("RAY_worker_niceness", "0")
+    return _run(command, workdir, env, timeout, ray_dir)
+
+
+def _run(command: list[str], workdir: Path, env: dict[str, str], timeout: int, ray_dir: str) -> Run:
+    """COMMAND in WORKDIR to its end; its output saved as WORKDIR/log-N.txt; the launch's Ray folder removed."""
     try:
         out = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
                              check=False)
@@ -147,7 +144,7 @@ def run_verl_main(args: list[str], workdir: Path, platform: str = "cpu", timeout
         shutil.rmtree(ray_dir, ignore_errors=True)
     log = out.stdout + out.stderr
     (workdir / f"log-{len(list(workdir.glob('log-*')))}.txt").write_text(log)
-    return Run(out.returncode, log, checkpoint_dir)
+    return Run(out.returncode, log, workdir / "ckpt")
 
 
 def compose_config(*overrides: str, resolve: bool = True):
