@@ -96,6 +96,10 @@ REFUSED = {
     "sequence_parallel_sdpa": (
         ["actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"], "actor_rollout_ref.actor.ulysses_sequence_parallel_size=2"
     ),
+    "token_budget": (
+        ["actor_rollout_ref.actor.use_dynamic_bsz=true", "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=90"],
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=90 tokens is less than the longest row",
+    ),
 }
 
 
