@@ -207,13 +207,17 @@ class Launch:
     checkpoint_dir: Path
     marker: str
     ray_dir: str
+    command: list[str]
+    env: dict[str, str]
+    launched_again: bool = False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def wait_until(self, condition, timeout: float) -> bool:
         """True once CONDITION() holds; False if the launch ended or TIMEOUT passed first (a bound, not a
-        measurement: nothing is asserted about how long it took)."""
+        measurement: nothing is asserted about how long it took). A launch that lost a port to the launch running
+        beside it (:func:`_lost_a_port_race`) is launched once more, as :func:`run_main` does."""
         import time
 
         deadline = time.monotonic() + timeout
@@ -221,9 +225,26 @@ class Launch:
             if condition():
                 return True
             if self.process.poll() is not None:
+                if self._launched_again_after_a_lost_port():
+                    continue
                 return bool(condition())
             time.sleep(0.5)
         return False
+
+    def _launched_again_after_a_lost_port(self) -> bool:
+        if self.launched_again or not _lost_a_port_race(Run(self.process.returncode, self.log(), self.checkpoint_dir)):
+            return False
+        workdir = self.log_path.parent
+        print(f"a port verl had picked was taken before it bound it; launching again ({workdir})")
+        for proc in self.processes():  # what is left of the first attempt
+            with contextlib.suppress(Exception):
+                proc.kill()
+        for path in (self.checkpoint_dir / "metrics").glob("*.jsonl"):  # the first attempt's, with no step in it
+            if not path.read_text().strip():
+                path.unlink()
+        self.process, self.log_path = _popen(self.command, workdir, self.env)
+        self.launched_again = True
+        return True
 
     def wait_for(self, pattern: str, timeout: float) -> bool:
         """True once PATTERN (a regex) is in the output; False if the launch ended or TIMEOUT passed first."""
@@ -298,12 +319,18 @@ def start_main(args: list[str], workdir: Path, small: list[str] = SMALL, sigint_
     ]
     marker = uuid.uuid4().hex
     env = launch_env(ray_dir, **{LAUNCH_MARKER: marker})
+    process, log_path = _popen(command, workdir, env)
+    return Launch(process, log_path, checkpoint_dir, marker, ray_dir, command, env)
+
+
+def _popen(command: list[str], workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    """COMMAND started in WORKDIR in a process group of its own, its output going to WORKDIR/log-N.txt."""
     log_path = workdir / f"log-{len(list(workdir.glob('log-*')))}.txt"
     with open(log_path, "w") as out:
         process = subprocess.Popen(
             command, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return Launch(process, log_path, checkpoint_dir, marker, ray_dir)
+    return process, log_path
 
 
 def assert_stopped_by_ctrl_c(
