@@ -205,6 +205,7 @@ def two_node_cluster(tmp_path: Path):
         _wait_until_started(tmp_path / "start_ray_worker.sh.log", processes[1], deadline + 300)
         while len(nodes := _alive_nodes(address)) < NODES:  # each ask is a Ray driver process: asked once started
             assert time.monotonic() < deadline + 300, (tmp_path / "start_ray_worker.sh.log").read_text()[-3000:]
+            assert processes[1].poll() is None, (tmp_path / "start_ray_worker.sh.log").read_text()[-3000:]
             time.sleep(2)
         yield address, nodes
     finally:
