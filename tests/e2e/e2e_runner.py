@@ -66,7 +66,7 @@ def launch_env(temp_dir: str, **extra: str) -> dict[str, str]:
 
     torch's compile cache, which would follow ``TMPDIR`` there, is one for all the launches of the suite, in the
     suite's temp folder, as it is one per machine for a user: vLLM's CPU sampler compiles a few kernels with
-    Inductor (a C++ compiler run), about 20 CPU-seconds per launch of ``platform=cpu_vllm`` without the cache."""
+    Inductor (C++ compiler runs) in every launch of ``platform=cpu_vllm`` that finds no cache."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", TMPDIR=temp_dir, **extra)
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), "torchinductor"))
     return env

@@ -91,7 +91,7 @@ def test_assets_dir_is_the_shipped_one_unless_a_cache_is_set(monkeypatch, tmp_pa
 def test_resolving_the_tiny_paths_imports_neither_torch_nor_the_build():
     """Every process that composes a config resolves ``${poise_tiny:...}``, and every run's driver asks for the
     assets (``ensure_tiny_assets``): where they are built, paths only, nothing heavy (the builder imports torch
-    and transformers' model code, about 2 CPU-seconds)."""
+    and transformers' model code)."""
     import subprocess
     import sys
 
